@@ -1,0 +1,197 @@
+"""The mLSTM backends and the ViL-S trunk, side by side with timm's ViT-S/16, in one run.
+
+    python benchmarks/trunk.py            # full run (under 10 minutes on 2 CPU cores)
+    python benchmarks/trunk.py --quick    # small sizes only, a smoke run
+
+Every measurement runs in a fresh subprocess, so that one configuration's allocations cannot flatter or
+hurt the next. Time is the minimum over the repeats; memory is the growth of the process's peak resident
+set size over its value just before the measured call (inputs and model already built), so it counts the
+activations and temporaries of the call, not the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+MLSTM_HEADS, MLSTM_HEAD_DIM = 4, 192  # ViL-S: inner width 768 in 4 heads
+MLSTM_LIMITS = {"chunkwise": 16384, "parallel": 4096, "recurrent": 1024}
+TRUNK_LIMITS = {"vil_small chunkwise": 1024, "vil_small parallel": 512, "vit_small": 1024}
+
+
+# ---- child: one measurement ----------------------------------------------------------------------------
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _build(spec: dict):
+    import timm
+    import torch
+
+    import vil_seg  # noqa: F401
+    from vil_seg.mlstm import mlstm
+
+    torch.manual_seed(0)
+    if spec["kind"] == "mlstm":
+        seq_len = spec["size"]
+        shape = (1, MLSTM_HEADS, seq_len, MLSTM_HEAD_DIM)
+        grad = spec["backward"]
+        q, k, v = (torch.randn(shape, requires_grad=grad) for _ in range(3))
+        igate = torch.randn(1, MLSTM_HEADS, seq_len, requires_grad=grad)
+        fgate = (torch.randn(1, MLSTM_HEADS, seq_len) + 3).requires_grad_(grad)
+
+        def run():
+            h = mlstm(q, k, v, igate, fgate, backend=spec["backend"])
+            if grad:
+                h.sum().backward()
+
+        return run
+
+    size = spec["size"]
+    if spec["model"] == "vit_small":
+        model = timm.create_model("vit_small_patch16_224", dynamic_img_size=True, num_classes=0)
+    else:
+        model = timm.create_model("vil_small", num_classes=0, mlstm_backend=spec["backend"])
+    model.eval()
+    image = torch.randn(1, 3, size, size)
+
+    def run():
+        with torch.inference_mode():
+            model.forward_features(image)
+
+    return run
+
+
+def _child(spec: dict) -> None:
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    run = _build(spec)
+    before = _peak_rss_mb()
+    times = []
+    for _ in range(spec["repeats"]):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    print(json.dumps({"time_s": min(times), "peak_mb": _peak_rss_mb() - before}))
+
+
+# ---- parent: plan, run, report -------------------------------------------------------------------------
+
+
+def _measure(spec: dict) -> dict:
+    result = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"measurement {spec} failed:\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _machine(threads: int) -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} logical cores, {threads} torch threads, torch {torch.__version__}, "
+        f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    )
+
+
+def _cell(result: dict | None) -> str:
+    if result is None:
+        return "-"
+    return f"{result['time_s']:.3f} s / {result['peak_mb']:.0f} MB"
+
+
+def _repeats(cost: float) -> int:
+    return 3 if cost < 1 else 2 if cost < 8 else 1
+
+
+def bench_mlstm(sizes: list[int], threads: int) -> None:
+    print("\n## mLSTM cell (B=1, NH=4, DH=192, float32): time / peak memory growth\n")
+    backends = list(MLSTM_LIMITS)
+    header = ["S", "mode", *backends, "parallel / chunkwise time", "chunkwise time exponent"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for backward in (False, True):
+        previous = None
+        for size in sizes:
+            # rough cost in seconds of the slowest backend run, to choose repeats
+            cost = (size / 1024) ** 2 * (0.2 if not backward else 0.5)
+            row = {}
+            for backend in backends:
+                if size > MLSTM_LIMITS[backend]:
+                    row[backend] = None
+                    continue
+                spec = dict(kind="mlstm", backend=backend, size=size, backward=backward, threads=threads)
+                row[backend] = _measure(dict(spec, repeats=_repeats(cost)))
+            chunk, par = row["chunkwise"], row["parallel"]
+            ratio = f"{par['time_s'] / chunk['time_s']:.1f}x" if par else "-"
+            exponent = "-"
+            if previous is not None:
+                exponent = f"{math.log(chunk['time_s'] / previous[1]) / math.log(size / previous[0]):.2f}"
+            previous = (size, chunk["time_s"])
+            mode = "fwd+bwd" if backward else "fwd"
+            cells = [str(size), mode, *(_cell(row[b]) for b in backends), ratio, exponent]
+            print("| " + " | ".join(cells) + " |", flush=True)
+
+
+def bench_trunk(sizes: list[int], threads: int) -> None:
+    print("\n## Encoder forward (batch 1, float32, inference mode): time / peak memory growth\n")
+    columns = list(TRUNK_LIMITS)
+    header = ["input", *columns, "ViL chunkwise / ViT-S time", "ViL parallel / chunkwise time"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    chunk_times = {}
+    for size in sizes:
+        cost = (size / 512) ** 2 * 3
+        row = {}
+        for column in columns:
+            if size > TRUNK_LIMITS[column]:
+                row[column] = None
+                continue
+            model, _, backend = column.partition(" ")
+            spec = dict(kind="trunk", model=model, backend=backend or None, size=size, threads=threads)
+            row[column] = _measure(dict(spec, repeats=_repeats(cost)))
+        chunk, vit, par = row["vil_small chunkwise"], row["vit_small"], row["vil_small parallel"]
+        chunk_times[size] = chunk["time_s"]
+        vs_vit = f"{chunk['time_s'] / vit['time_s']:.2f}x"
+        vs_par = f"{par['time_s'] / chunk['time_s']:.2f}x" if par else "-"
+        cells = [f"{size}x{size}", *(_cell(row[c]) for c in columns), vs_vit, vs_par]
+        print("| " + " | ".join(cells) + " |", flush=True)
+    for small, large in zip(sizes, sizes[1:], strict=False):
+        growth = chunk_times[large] / chunk_times[small]
+        print(f"\nViL chunkwise time({large}^2) / time({small}^2) = {growth:.2f} for {(large / small) ** 2:.0f}x pixels")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes only")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(json.loads(args.child))
+        return
+    print(f"# vil-seg trunk benchmark\n\nmachine: {_machine(args.threads)}")
+    bench_mlstm([256, 1024] if args.quick else [256, 1024, 4096, 16384], args.threads)
+    bench_trunk([224] if args.quick else [224, 512, 1024], args.threads)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""The mLSTM backends: the original's reference case, agreement in values and gradients, robustness."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file
+
+from vil_seg.mlstm import BACKENDS, mlstm
+
+from .conftest import rel_err
+
+GATE_NAMES = ("q", "k", "v", "igate_preact", "fgate_preact")
+
+
+@pytest.fixture(scope="module")
+def reference_case(fixtures_dir):
+    return load_file(fixtures_dir / "tiny_mlstm_parallel.safetensors")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reference_case_float64(reference_case, backend):
+    inputs = [reference_case[name] for name in GATE_NAMES]
+    assert inputs[0].dtype == torch.float64
+    h = mlstm(*inputs, backend=backend)
+    assert h.dtype == torch.float64
+    assert rel_err(h, reference_case["h"]) <= 1e-10
+
+
+@pytest.mark.parametrize("chunk_size", [16, 64, 200, 256])
+def test_reference_case_chunkwise_float32(reference_case, chunk_size):
+    inputs = [reference_case[name].float() for name in GATE_NAMES]
+    h = mlstm(*inputs, backend="chunkwise", chunk_size=chunk_size)
+    assert h.dtype == torch.float32
+    assert rel_err(h, reference_case["h"]) <= 1e-4
+
+
+def _random_inputs(seed, batch, heads, seq_len, head_dim, value_dim, gate_scale, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
+
+    q, k = randn(batch, heads, seq_len, head_dim), randn(batch, heads, seq_len, head_dim)
+    v = randn(batch, heads, seq_len, value_dim)
+    igate = randn(batch, heads, seq_len) * gate_scale
+    fgate = randn(batch, heads, seq_len) * gate_scale + 2.0
+    return [t.requires_grad_() for t in (q, k, v, igate, fgate)]
+
+
+def _value_and_grads(inputs, **kwargs):
+    h = mlstm(*inputs, **kwargs)
+    weights = torch.linspace(-1.0, 1.0, h.numel(), dtype=h.dtype).view_as(h)
+    grads = torch.autograd.grad((h * weights).sum(), inputs)
+    return h.detach(), grads
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    batch=st.integers(1, 2),
+    heads=st.integers(1, 3),
+    seq_len=st.integers(1, 70),
+    head_dim=st.sampled_from([1, 4, 8]),
+    value_dim=st.sampled_from([2, 8]),
+    chunk_size=st.integers(1, 32),
+    gate_scale=st.sampled_from([0.1, 1.0, 5.0]),
+)
+def test_backends_agree_float64(seed, batch, heads, seq_len, head_dim, value_dim, chunk_size, gate_scale):
+    inputs = _random_inputs(seed, batch, heads, seq_len, head_dim, value_dim, gate_scale)
+    ref_h, ref_grads = _value_and_grads(inputs, backend="parallel")
+    for backend in ("chunkwise", "recurrent"):
+        h, grads = _value_and_grads(inputs, backend=backend, chunk_size=chunk_size)
+        assert rel_err(h, ref_h) <= 1e-10, backend
+        for name, grad, ref_grad in zip(GATE_NAMES, grads, ref_grads, strict=True):
+            assert rel_err(grad, ref_grad) <= 1e-8, (backend, name)
+
+
+def test_chunk_padding_matches_unpadded_prefix():
+    """A sequence whose length is not a multiple of the chunk gives the outputs of its own prefix."""
+    inputs = _random_inputs(3, 1, 2, 50, 8, 8, 1.0)
+    full = mlstm(*inputs, backend="chunkwise", chunk_size=16)
+    prefix = mlstm(*(t[:, :, :37] for t in inputs), backend="chunkwise", chunk_size=16)
+    torch.testing.assert_close(prefix, full[:, :, :37], rtol=0, atol=1e-12)
+
+
+def test_gate_shapes_with_trailing_one_accepted():
+    q, k, v, igate, fgate = _random_inputs(0, 1, 2, 9, 4, 4, 1.0)
+    h = mlstm(q, k, v, igate, fgate)
+    h4 = mlstm(q, k, v, igate[..., None], fgate[..., None])
+    torch.testing.assert_close(h, h4, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_extreme_gates_stay_finite(dtype, backend):
+    q, k, v, igate, fgate = _random_inputs(7, 2, 2, 40, 8, 8, 1.0, dtype=dtype)
+    gen = torch.Generator().manual_seed(1)
+    signs = torch.randint(0, 2, igate.shape, generator=gen) * 2 - 1
+    igate = (40.0 * signs).to(dtype).requires_grad_()
+    fgate = (-40.0 * signs.roll(1, -1)).to(dtype).requires_grad_()
+    inputs = [q, k, v, igate, fgate]
+    h = mlstm(*inputs, backend=backend, chunk_size=16)
+    assert h.dtype == dtype
+    assert torch.isfinite(h).all()
+    grads = torch.autograd.grad(h.float().sum(), inputs)
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+def test_low_precision_matches_float64_reference():
+    """bf16 inputs are computed in float32 inside; the result is the float64 answer to bf16 precision."""
+    inputs64 = [t.detach() for t in _random_inputs(11, 1, 2, 130, 16, 16, 1.0)]
+    ref = mlstm(*inputs64, backend="parallel")
+    h = mlstm(*(t.bfloat16() for t in inputs64), backend="chunkwise", chunk_size=32)
+    assert h.dtype == torch.bfloat16
+    assert rel_err(h, ref) <= 2e-2
+
+
+def test_autocast_keeps_gate_math_in_float32():
+    inputs = [t.detach().float() for t in _random_inputs(5, 1, 2, 70, 8, 8, 3.0)]
+    ref = mlstm(*(t.double() for t in inputs), backend="parallel")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = mlstm(*inputs, backend="chunkwise", chunk_size=16)
+    assert h.dtype == torch.float32
+    assert torch.isfinite(h).all()
+    assert rel_err(h, ref) <= 5e-2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(backend="quadratic"), "unknown mLSTM backend"),
+        (dict(chunk_size=0), "chunk_size"),
+    ],
+)
+def test_bad_options(kwargs, message):
+    q, k, v, igate, fgate = _random_inputs(0, 1, 1, 4, 4, 4, 1.0)
+    with pytest.raises(ValueError, match=message):
+        mlstm(q, k, v, igate, fgate, **kwargs)
+
+
+def test_bad_shapes():
+    q, k, v, igate, fgate = _random_inputs(0, 1, 2, 6, 4, 4, 1.0)
+    with pytest.raises(ValueError, match="k must have the shape of q"):
+        mlstm(q, k[..., :3], v, igate, fgate)
+    with pytest.raises(ValueError, match="v must be"):
+        mlstm(q, k, v[:, :1], igate, fgate)
+    with pytest.raises(ValueError, match="fgate_preact must be"):
+        mlstm(q, k, v, igate, fgate[..., :5])
+    with pytest.raises(ValueError, match="q must be"):
+        mlstm(q[0], k[0], v[0], igate[0], fgate[0])

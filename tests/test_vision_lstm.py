@@ -1,0 +1,212 @@
+"""ViL model behaviour beyond the timm contract: scans, backends, bad input, checkpoint conversion."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from vil_seg.vision_lstm import checkpoint_filter_fn
+
+from .conftest import rel_err
+
+
+def _input(shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _transposed_twin(model, **kwargs):
+    """A row-scan model whose weights see the transposed image exactly as ``model`` sees the image."""
+    twin = timm.create_model(kwargs.pop("name"), scan="row", **kwargs).eval()
+    state = model.state_dict()
+    state["patch_embed.proj.weight"] = state["patch_embed.proj.weight"].transpose(-1, -2)
+    state["pos_embed"] = state["pos_embed"].transpose(1, 2)
+    twin.load_state_dict(state)
+    return twin
+
+
+@pytest.mark.parametrize("name", ["vil_tiny", "vil2_tiny"])
+def test_column_scan_is_row_scan_of_transposed_image(name):
+    model = timm.create_model(name, scan="column", depth=4, embed_dim=64, img_size=(48, 80)).eval()
+    twin = _transposed_twin(model, name=name, depth=4, embed_dim=64, img_size=(80, 48))
+    x = _input((2, 3, 48, 80))
+    with torch.no_grad():
+        feats = model.forward_intermediates(x, intermediates_only=True)
+        twin_feats = twin.forward_intermediates(x.transpose(-1, -2), intermediates_only=True)
+    for a, b in zip(feats, twin_feats, strict=True):
+        assert rel_err(a, b.transpose(-1, -2)) <= 1e-5
+
+
+def _manual_scan_reference(model, x):
+    """Each block run by hand on its own token order, built from explicit grid transposes and flips."""
+    tokens, (height, width) = model._embed(x)
+    batch, dim = tokens.shape[0], tokens.shape[-1]
+    orders = ["row", "row_reversed", "column", "column_reversed"]
+    outputs = []
+    for i, block in enumerate(model.blocks):
+        order = orders[i % 4]
+        grid = tokens.view(batch, height, width, dim)
+        if order.startswith("column"):
+            seq, seq_grid = grid.transpose(1, 2).reshape(batch, -1, dim), (width, height)
+        else:
+            seq, seq_grid = grid.reshape(batch, -1, dim), (height, width)
+        if order.endswith("reversed"):
+            seq = seq.flip(1)
+        out = block(seq, seq_grid)
+        if order.endswith("reversed"):
+            out = out.flip(1)
+        if order.startswith("column"):
+            out = out.view(batch, width, height, dim).transpose(1, 2)
+        tokens = out.reshape(batch, -1, dim)
+        outputs.append(tokens)
+    return outputs
+
+
+@pytest.mark.parametrize("name", ["vil_tiny", "vil2_tiny"])
+def test_quad_scan_cycles_four_directions(name):
+    model = timm.create_model(name, scan="quad", depth=6, embed_dim=64).eval()
+    assert [b.scan for b in model.blocks] == [
+        "row",
+        "row_reversed",
+        "column",
+        "column_reversed",
+        "row",
+        "row_reversed",
+    ]
+    x = _input((2, 3, 48, 64))
+    with torch.no_grad():
+        ours = model.forward_intermediates(x, output_fmt="NLC", intermediates_only=True)
+        ref = _manual_scan_reference(model, x)
+    for i, (a, b) in enumerate(zip(ours, ref, strict=True)):
+        assert rel_err(a, b) <= 1e-6, f"block {i}"
+
+
+@pytest.mark.parametrize("name", ["vil_tiny", "vil2_tiny"])
+def test_mlstm_backends_give_the_same_model(name):
+    models = {
+        backend: timm.create_model(name, depth=2, mlstm_backend=backend, chunk_size=16).eval()
+        for backend in ("chunkwise", "parallel", "recurrent")
+    }
+    state = models["chunkwise"].state_dict()
+    for model in models.values():
+        model.load_state_dict(state)
+    x = _input((1, 3, 80, 96))  # 30 tokens: two chunks, the second one padded
+    with torch.no_grad():
+        outs = {backend: model.forward_features(x) for backend, model in models.items()}
+    assert rel_err(outs["chunkwise"], outs["parallel"]) <= 1e-5
+    assert rel_err(outs["recurrent"], outs["parallel"]) <= 1e-5
+
+
+def test_wrong_channel_count_is_named():
+    model = timm.create_model("vil_tiny", depth=1)
+    with pytest.raises(ValueError, match=r"expected 3 input channels, got 4"):
+        model(_input((1, 4, 32, 32)))
+    features = timm.create_model("vil_tiny", depth=1, features_only=True, out_indices=(0,))
+    with pytest.raises(ValueError, match=r"expected 3 input channels, got 1"):
+        features(_input((1, 1, 32, 32)))
+
+
+def test_size_not_divisible_names_patch_size():
+    model = timm.create_model("vil_tiny", depth=1)
+    with pytest.raises(ValueError, match=r"not divisible by the patch size 16x16.*dynamic_img_pad=True"):
+        model(_input((1, 3, 40, 32)))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(scan="diagonal"), "unknown scan"),
+        (dict(global_pool="max"), "unknown global_pool"),
+        (dict(mlstm_backend="triton-ish"), "unknown mlstm_backend"),
+        (dict(conv_kind="3d"), "unknown conv_kind"),
+    ],
+)
+def test_bad_constructor_options(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        timm.create_model("vil_tiny", depth=1, **kwargs)
+
+
+def _raw_checkpoint(fixtures_dir):
+    return torch.load(fixtures_dir / "tiny_v1_raw_checkpoint.th", weights_only=True)
+
+
+def _create_from(path, **kwargs):
+    return timm.create_model(
+        "vil_tiny",
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(path), num_classes=10),
+        embed_dim=64,
+        depth=4,
+        **kwargs,
+    )
+
+
+def test_checkpoint_missing_a_block_lists_the_keys(fixtures_dir, tmp_path):
+    checkpoint = _raw_checkpoint(fixtures_dir)
+    checkpoint["state_dict"] = {
+        k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("xlstm.blocks.2.")
+    }
+    torch.save(checkpoint, tmp_path / "broken.th")
+    with pytest.raises(ValueError, match=r"lacks 14 weights.*blocks\.2\.layer\.fgate\.bias") as info:
+        _create_from(tmp_path / "broken.th")
+    assert "nx-ai raw" in str(info.value)
+    assert "blocks.2.norm.weight" in str(info.value)
+
+
+def test_checkpoint_with_unknown_keys_is_refused(fixtures_dir, tmp_path):
+    checkpoint = _raw_checkpoint(fixtures_dir)
+    checkpoint["state_dict"]["xlstm.blocks.9.xlstm.proj_up.weight"] = torch.zeros(256, 64)
+    torch.save(checkpoint, tmp_path / "deeper.th")
+    with pytest.raises(ValueError, match=r"does not know: blocks\.9\.layer\.proj_up\.weight"):
+        _create_from(tmp_path / "deeper.th")
+
+
+def test_deeper_model_than_checkpoint_is_refused(fixtures_dir):
+    with pytest.raises(ValueError, match=r"blocks\.4\."):
+        timm.create_model(
+            "vil_tiny",
+            pretrained=True,
+            pretrained_cfg_overlay=dict(file=str(fixtures_dir / "tiny_v1_raw_checkpoint.th"), num_classes=10),
+            embed_dim=64,
+            depth=6,
+        )
+
+
+def test_own_checkpoint_round_trip_safetensors(tmp_path):
+    model = timm.create_model("vil2_tiny", depth=2, embed_dim=64, num_classes=10).eval()
+    save_file(model.state_dict(), tmp_path / "model.safetensors")
+    loaded = _create_from_own(tmp_path / "model.safetensors")
+    x = _input((1, 3, 32, 48))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+def _create_from_own(path):
+    return timm.create_model(
+        "vil2_tiny",
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(path), num_classes=10),
+        embed_dim=64,
+        depth=2,
+    ).eval()
+
+
+def test_zero_centred_norms_converted(fixtures_dir):
+    """Original custom LayerNorms store scale - 1; our plain LayerNorms hold the scale itself."""
+    raw = _raw_checkpoint(fixtures_dir)["state_dict"]
+    model = timm.create_model("vil_tiny", embed_dim=64, depth=4, num_classes=10, img_size=(64, 96))
+    converted = checkpoint_filter_fn(raw, model)
+    torch.testing.assert_close(converted["blocks.1.norm.weight"], raw["xlstm.blocks.1.xlstm_norm.weight"] + 1)
+    outnorm = raw["xlstm.blocks.3.xlstm.mlstm_cell.outnorm.weight"] + 1
+    torch.testing.assert_close(converted["blocks.3.layer.outnorm.weight"], outnorm)
+    torch.testing.assert_close(converted["norm.weight"], raw["xlstm.post_blocks_norm.weight"] + 1)
+    torch.testing.assert_close(converted["fc_norm.weight"], raw["head.0.weight"])  # nn.LayerNorm: unchanged
+
+
+def test_raw_post_blocks_norm_without_prefix_accepted(fixtures_dir):
+    raw = _raw_checkpoint(fixtures_dir)["state_dict"]
+    raw["post_blocks_norm.weight"] = raw.pop("xlstm.post_blocks_norm.weight")
+    model = timm.create_model("vil_tiny", embed_dim=64, depth=4, num_classes=10, img_size=(64, 96))
+    converted = checkpoint_filter_fn({"state_dict": raw}, model)
+    torch.testing.assert_close(converted["norm.weight"], raw["post_blocks_norm.weight"] + 1)

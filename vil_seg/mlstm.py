@@ -1,0 +1,197 @@
+"""The mLSTM sequence mixing of Vision-LSTM, in three forms that compute the same function.
+
+Per batch element and head, with ``l_t = logsigmoid(f_t)`` and the key scale ``s = DH ** -0.5``::
+
+    w_tj = (q_t . k_j) * s * exp(i_j + l_{j+1} + ... + l_t)          for j <= t, else 0
+    h_t  = sum_j w_tj v_j / (max(|sum_j w_tj|, 1) + eps * exp(m_t))
+
+where ``m_t = max_j (i_j + l_{j+1} + ... + l_t)`` is the stabiliser of the original code (ViL's
+``parallel_stabilized_simple``). The stabiliser only enters through ``eps``, but it does enter, so every
+backend below reproduces it exactly.
+
+Backends:
+
+* ``"parallel"``: the stabilised quadratic form, as in the original ViL code. O(S^2) time and memory.
+* ``"chunkwise"`` (default): the same function in O(S) time and memory, forward and backward. Inside a
+  chunk of ``chunk_size`` tokens it is the parallel form; between chunks a recurrent state ``(C, n, m)``
+  carries the past, stabilised in log space with ``m_0 = -inf`` (exact parity with the parallel form).
+  Everything is batched over chunks; the only Python loop runs over the (DH x DH) chunk states.
+* ``"recurrent"``: one token at a time. Slow and obviously correct; a reference for tests.
+
+Gate math and cumulative sums run in at least float32 (float64 inputs stay float64); the result has the
+dtype of ``q``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["BACKENDS", "Backend", "mlstm"]
+
+Backend = Literal["chunkwise", "parallel", "recurrent"]
+BACKENDS: tuple[str, ...] = ("chunkwise", "parallel", "recurrent")
+
+
+def mlstm(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    igate_preact: torch.Tensor,
+    fgate_preact: torch.Tensor,
+    *,
+    backend: Backend = "chunkwise",
+    chunk_size: int = 64,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """Apply the mLSTM cell to whole sequences.
+
+    Args:
+        q, k: queries and keys, ``(B, NH, S, DH)``. Keys are scaled by ``DH ** -0.5`` inside.
+        v: values, ``(B, NH, S, DHV)``.
+        igate_preact, fgate_preact: input / forget gate pre-activations, ``(B, NH, S)`` or ``(B, NH, S, 1)``.
+        backend: ``"chunkwise"`` (linear time and memory), ``"parallel"`` (quadratic, the original code's
+            form) or ``"recurrent"`` (token by token).
+        chunk_size: tokens per chunk for ``"chunkwise"``; any S is accepted (the tail chunk is padded).
+        eps: the normaliser's epsilon.
+
+    Returns:
+        ``(B, NH, S, DHV)`` hidden states in the dtype of ``q``.
+    """
+    igate, fgate = _check_inputs(q, k, v, igate_preact, fgate_preact, backend, chunk_size)
+    out_dtype = q.dtype
+    compute_dtype = torch.promote_types(q.dtype, torch.float32)
+    q, k, v, igate, fgate = (t.to(compute_dtype) for t in (q, k, v, igate, fgate))
+    k = k * (q.shape[-1] ** -0.5)
+    if backend == "parallel":
+        h = _parallel(q, k, v, igate, fgate, eps)
+    elif backend == "recurrent":
+        h = _recurrent(q, k, v, igate, fgate, eps)
+    else:
+        h = _chunkwise(q, k, v, igate, fgate, chunk_size, eps)
+    return h.to(out_dtype)
+
+
+def _check_inputs(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    igate_preact: torch.Tensor,
+    fgate_preact: torch.Tensor,
+    backend: str,
+    chunk_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown mLSTM backend {backend!r}; expected one of {BACKENDS}")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if q.ndim != 4:
+        raise ValueError(f"q must be (B, NH, S, DH), got shape {tuple(q.shape)}")
+    if k.shape != q.shape:
+        raise ValueError(f"k must have the shape of q {tuple(q.shape)}, got {tuple(k.shape)}")
+    if v.ndim != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(
+            f"v must be (B, NH, S, DHV) with (B, NH, S) = {tuple(q.shape[:3])}, got {tuple(v.shape)}"
+        )
+    gates = []
+    for name, gate in (("igate_preact", igate_preact), ("fgate_preact", fgate_preact)):
+        if gate.ndim == 4 and gate.shape[-1] == 1:
+            gate = gate.squeeze(-1)
+        if gate.shape != q.shape[:3]:
+            raise ValueError(
+                f"{name} must be (B, NH, S) or (B, NH, S, 1) with (B, NH, S) = {tuple(q.shape[:3])}, "
+                f"got {tuple(gate.shape)}"
+            )
+        gates.append(gate)
+    return gates[0], gates[1]
+
+
+def _causal_log_decay(cum_log_f: torch.Tensor, igate: torch.Tensor) -> torch.Tensor:
+    """``log D[t, j] = F_t - F_j + i_j`` for ``j <= t``, ``-inf`` above the diagonal.
+
+    ``cum_log_f`` and ``igate`` are ``(..., T)``; the result is ``(..., T, T)``.
+    """
+    size = cum_log_f.shape[-1]
+    log_d = cum_log_f[..., :, None] - cum_log_f[..., None, :] + igate[..., None, :]
+    causal = torch.ones(size, size, dtype=torch.bool, device=log_d.device).tril()
+    return log_d.masked_fill(~causal, -math.inf)
+
+
+def _parallel(q, k, v, igate, fgate, eps):
+    log_d = _causal_log_decay(F.logsigmoid(fgate).cumsum(-1), igate)  # (B, NH, S, S)
+    m = log_d.amax(-1, keepdim=True)
+    weights = (q @ k.transpose(-1, -2)) * torch.exp(log_d - m)
+    normaliser = torch.maximum(weights.sum(-1, keepdim=True).abs(), torch.exp(-m))
+    return (weights @ v) / (normaliser + eps)
+
+
+def _recurrent(q, k, v, igate, fgate, eps):
+    batch, heads, seq_len, head_dim = q.shape
+    log_f = F.logsigmoid(fgate)
+    c_state = q.new_zeros(batch, heads, head_dim, v.shape[-1])
+    n_state = q.new_zeros(batch, heads, head_dim)
+    m_state = q.new_full((batch, heads), -math.inf)
+    outputs = []
+    for t in range(seq_len):
+        m_new = torch.maximum(log_f[..., t] + m_state, igate[..., t])
+        decay = torch.exp(log_f[..., t] + m_state - m_new)[..., None]
+        inp = torch.exp(igate[..., t] - m_new)[..., None]
+        k_t, v_t, q_t = k[:, :, t], v[:, :, t], q[:, :, t]
+        c_state = decay[..., None] * c_state + inp[..., None] * (k_t[..., :, None] * v_t[..., None, :])
+        n_state = decay * n_state + inp * k_t
+        m_state = m_new
+        numerator = (q_t[..., None, :] @ c_state).squeeze(-2)
+        denominator = (q_t * n_state).sum(-1, keepdim=True)
+        outputs.append(numerator / (torch.maximum(denominator.abs(), torch.exp(-m_new)[..., None]) + eps))
+    return torch.stack(outputs, dim=2)
+
+
+def _chunkwise(q, k, v, igate, fgate, chunk_size, eps):
+    batch, heads, seq_len, head_dim = q.shape
+    value_dim = v.shape[-1]
+    chunk = min(chunk_size, seq_len)
+    num_chunks = -(-seq_len // chunk)
+    pad = num_chunks * chunk - seq_len
+    # A ones column appended to v makes every product with it also produce the normaliser's sum.
+    v = torch.cat([v, v.new_ones(batch, heads, seq_len, 1)], dim=-1)
+    if pad:
+        # Causality: tokens appended at the end cannot change the outputs before them.
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+        igate, fgate = F.pad(igate, (0, pad)), F.pad(fgate, (0, pad))
+    q = q.view(batch, heads, num_chunks, chunk, head_dim)
+    k = k.view(batch, heads, num_chunks, chunk, head_dim)
+    v = v.view(batch, heads, num_chunks, chunk, value_dim + 1)
+    igate = igate.view(batch, heads, num_chunks, chunk)
+    cum_log_f = F.logsigmoid(fgate).view(batch, heads, num_chunks, chunk).cumsum(-1)
+
+    # Each chunk's contribution to the state at its end, stabilised by its own maximum.
+    chunk_log_f = cum_log_f[..., -1]  # (B, NH, NC)
+    log_w = chunk_log_f[..., None] - cum_log_f + igate  # (B, NH, NC, L)
+    log_w_max = log_w.amax(-1)  # (B, NH, NC)
+    k_weighted = k * torch.exp(log_w - log_w_max[..., None])[..., None]
+    chunk_states = k_weighted.transpose(-1, -2) @ v  # (B, NH, NC, DH, DHV + 1)
+
+    # Stabilisers of the states entering each chunk: m_0 = -inf, m_{c+1} = max(g_c + m_c, max_t log_w).
+    m_enter = [q.new_full((batch, heads), -math.inf)]
+    for c in range(num_chunks - 1):
+        m_enter.append(torch.maximum(chunk_log_f[..., c] + m_enter[-1], log_w_max[..., c]))
+    m_enter = torch.stack(m_enter, dim=-1)  # (B, NH, NC)
+    carry = torch.exp(chunk_log_f[..., :-1] + m_enter[..., :-1] - m_enter[..., 1:])
+    added = chunk_states[:, :, :-1] * torch.exp(log_w_max[..., :-1] - m_enter[..., 1:])[..., None, None]
+    states = [q.new_zeros(batch, heads, head_dim, value_dim + 1)]
+    for carry_c, added_c in zip(carry.unbind(-1), added.unbind(2), strict=True):
+        states.append(carry_c[..., None, None] * states[-1] + added_c)
+    states = torch.stack(states, dim=2)  # (B, NH, NC, DH, DHV + 1)
+
+    # Outputs: the state entering the chunk plus the causal parallel form inside it.
+    log_d = _causal_log_decay(cum_log_f, igate)  # (B, NH, NC, L, L)
+    log_state = cum_log_f + m_enter[..., None]  # (B, NH, NC, L)
+    m_out = torch.maximum(log_state, log_d.amax(-1))
+    intra = (q @ k.transpose(-1, -2)) * torch.exp(log_d - m_out[..., None])
+    out = torch.exp(log_state - m_out)[..., None] * (q @ states) + intra @ v
+    numerator, denominator = out[..., :value_dim], out[..., value_dim:]
+    h = numerator / (torch.maximum(denominator.abs(), torch.exp(-m_out)[..., None]) + eps)
+    return h.reshape(batch, heads, num_chunks * chunk, value_dim)[:, :, :seq_len]

@@ -12,6 +12,7 @@ activations and temporaries of the call, not the weights.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -174,13 +175,18 @@ def bench_trunk(sizes: list[int], threads: int) -> None:
         vs_par = f"{par['time_s'] / chunk['time_s']:.2f}x" if par else "-"
         cells = [f"{size}x{size}", *(_cell(row[c]) for c in columns), vs_vit, vs_par]
         print("| " + " | ".join(cells) + " |", flush=True)
-    for small, large in zip(sizes, sizes[1:], strict=False):
+    for small, large in itertools.pairwise(sizes):
         growth = chunk_times[large] / chunk_times[small]
-        print(f"\nViL chunkwise time({large}^2) / time({small}^2) = {growth:.2f} for {(large / small) ** 2:.0f}x pixels")
+        print(
+            f"\nViL chunkwise time({large}^2) / time({small}^2) = {growth:.2f} "
+            f"for {(large / small) ** 2:.0f}x pixels"
+        )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes only")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
     parser.add_argument("--child", help=argparse.SUPPRESS)

@@ -1,6 +1,6 @@
 """Build the Seg-LSTM backbone (ViL-S) as a timm feature extractor and print its stage outputs.
 
-    python examples/features.py
+python examples/features.py
 """
 
 import timm

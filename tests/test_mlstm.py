@@ -151,3 +151,17 @@ def test_bad_shapes():
         mlstm(q, k, v, igate, fgate[..., :5])
     with pytest.raises(ValueError, match="q must be"):
         mlstm(q[0], k[0], v[0], igate[0], fgate[0])
+
+
+def test_decayed_scan_gradcheck():
+    from vil_seg.mlstm import _DecayedScan
+
+    gen = torch.Generator().manual_seed(0)
+    inputs = torch.randn(2, 3, 5, 4, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    decay = torch.rand(2, 3, 5, generator=gen, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(_DecayedScan.apply, (inputs, decay))
+    states = _DecayedScan.apply(inputs, decay)
+    expected = [torch.zeros_like(inputs[:, :, 0])]
+    for c in range(5):
+        expected.append(decay[:, :, c, None, None] * expected[-1] + inputs[:, :, c])
+    torch.testing.assert_close(states, torch.stack(expected, dim=2), rtol=0, atol=1e-15)

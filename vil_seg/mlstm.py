@@ -29,6 +29,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 __all__ = ["BACKENDS", "Backend", "mlstm"]
 
@@ -149,6 +150,39 @@ def _recurrent(q, k, v, igate, fgate, eps):
     return torch.stack(outputs, dim=2)
 
 
+class _DecayedScan(torch.autograd.Function):
+    """``states[:, :, 0] = 0``, ``states[:, :, c + 1] = decay[:, :, c] * states[:, :, c] + inputs[:, :, c]``.
+
+    inputs (B, NH, N, X, Y), decay (B, NH, N) -> states (B, NH, N + 1, X, Y). The scan runs in place in one
+    buffer (no allocation per step), and its backward is the reverse scan, also in place.
+    """
+
+    @staticmethod
+    def forward(ctx, inputs: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
+        batch, heads, steps = decay.shape
+        states = inputs.new_empty(batch, heads, steps + 1, *inputs.shape[3:])
+        states[:, :, 0] = 0
+        states[:, :, 1:] = inputs
+        decay_b = decay[..., None, None]
+        for c in range(steps):
+            states[:, :, c + 1].addcmul_(states[:, :, c], decay_b[:, :, c])
+        ctx.save_for_backward(states, decay)
+        return states
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        states, decay = ctx.saved_tensors
+        # total[c] = dL/dstates[c] through every later state: total[c] = grad[c] + decay[c] * total[c + 1].
+        total = grad_states.clone(memory_format=torch.contiguous_format)
+        decay_b = decay[..., None, None]
+        for c in range(decay.shape[-1] - 1, 0, -1):
+            total[:, :, c].addcmul_(total[:, :, c + 1], decay_b[:, :, c])
+        grad_inputs = total[:, :, 1:]
+        grad_decay = torch.linalg.vecdot(grad_inputs.flatten(-2), states[:, :, :-1].flatten(-2))
+        return grad_inputs, grad_decay
+
+
 def _chunkwise(q, k, v, igate, fgate, chunk_size, eps):
     batch, heads, seq_len, head_dim = q.shape
     value_dim = v.shape[-1]
@@ -167,24 +201,22 @@ def _chunkwise(q, k, v, igate, fgate, chunk_size, eps):
     igate = igate.view(batch, heads, num_chunks, chunk)
     cum_log_f = F.logsigmoid(fgate).view(batch, heads, num_chunks, chunk).cumsum(-1)
 
-    # Each chunk's contribution to the state at its end, stabilised by its own maximum.
+    # Stabilisers of the states entering each chunk: m_0 = -inf, m_{c+1} = max(g_c + m_c, max_t log_w),
+    # with g_c the chunk's total log forget and log_w the log weight of each token in the chunk-end state.
     chunk_log_f = cum_log_f[..., -1]  # (B, NH, NC)
     log_w = chunk_log_f[..., None] - cum_log_f + igate  # (B, NH, NC, L)
-    log_w_max = log_w.amax(-1)  # (B, NH, NC)
-    k_weighted = k * torch.exp(log_w - log_w_max[..., None])[..., None]
-    chunk_states = k_weighted.transpose(-1, -2) @ v  # (B, NH, NC, DH, DHV + 1)
-
-    # Stabilisers of the states entering each chunk: m_0 = -inf, m_{c+1} = max(g_c + m_c, max_t log_w).
+    log_w_max = log_w.amax(-1)
     m_enter = [q.new_full((batch, heads), -math.inf)]
     for c in range(num_chunks - 1):
         m_enter.append(torch.maximum(chunk_log_f[..., c] + m_enter[-1], log_w_max[..., c]))
     m_enter = torch.stack(m_enter, dim=-1)  # (B, NH, NC)
-    carry = torch.exp(chunk_log_f[..., :-1] + m_enter[..., :-1] - m_enter[..., 1:])
-    added = chunk_states[:, :, :-1] * torch.exp(log_w_max[..., :-1] - m_enter[..., 1:])[..., None, None]
-    states = [q.new_zeros(batch, heads, head_dim, value_dim + 1)]
-    for carry_c, added_c in zip(carry.unbind(-1), added.unbind(2), strict=True):
-        states.append(carry_c[..., None, None] * states[-1] + added_c)
-    states = torch.stack(states, dim=2)  # (B, NH, NC, DH, DHV + 1)
+
+    # States entering chunks 1..NC-1: C_{c+1} = carry_c * C_c + (chunk c's k^T v), scaled by exp(-m_{c+1}).
+    m_next = m_enter[..., 1:, None]
+    k_state = k[:, :, :-1] * torch.exp(log_w[:, :, :-1] - m_next)[..., None]
+    contributions = (k_state.transpose(-1, -2) @ v[:, :, :-1]).to(m_enter.dtype)  # (B, NH, NC-1, DH, DHV+1)
+    carry = torch.exp(chunk_log_f[..., :-1] + m_enter[..., :-1] - m_enter[..., 1:])  # (B, NH, NC-1)
+    states = _DecayedScan.apply(contributions, carry)  # (B, NH, NC, DH, DHV + 1)
 
     # Outputs: the state entering the chunk plus the causal parallel form inside it.
     log_d = _causal_log_decay(cum_log_f, igate)  # (B, NH, NC, L, L)

@@ -4,9 +4,9 @@
     python benchmarks/trunk.py --quick    # small sizes only, a smoke run
 
 Every measurement runs in a fresh subprocess, so that one configuration's allocations cannot flatter or
-hurt the next. Time is the minimum over the repeats; memory is the growth of the process's peak resident
-set size over its value just before the measured call (inputs and model already built), so it counts the
-activations and temporaries of the call, not the weights.
+hurt the next. Time is the minimum over the repeats after one warm-up call; memory is the growth of the
+process's peak resident set size over its value just before the measured calls (inputs and model already
+built), so it counts the activations and temporaries of the call, not the weights.
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ def _child(spec: dict) -> None:
     torch.set_num_threads(spec["threads"])
     run = _build(spec)
     before = _peak_rss_mb()
+    run()  # warm-up: first-touch page faults and one-time library set-up are not the steady state
     times = []
     for _ in range(spec["repeats"]):
         start = time.perf_counter()

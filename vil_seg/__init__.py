@@ -1,12 +1,25 @@
 """vil-seg: Vision-LSTM (ViL) semantic segmentation.
 
-``import vil_seg`` registers the ViL family with timm (``timm.create_model("vil_small")``). Neither timm
-nor smp discovers plugins by entry points, so import this package before creating a model by name.
+``import vil_seg`` registers the ViL family with timm (``timm.create_model("vil_small")``) and as smp
+encoders (``smp.create_model("upernet", encoder_name="vil_small")``). Neither library discovers plugins
+by entry points, so import this package before creating a model by name.
 """
 
 from . import vision_lstm
+from .encoders import ViLEncoder, register_smp_encoder, register_smp_encoders
 from .vision_lstm import VisionLSTM, checkpoint_filter_fn, stage_out_indices
 
 __version__ = "0.1.0"
 
-__all__ = ["VisionLSTM", "__version__", "checkpoint_filter_fn", "stage_out_indices", "vision_lstm"]
+register_smp_encoders()
+
+__all__ = [
+    "ViLEncoder",
+    "VisionLSTM",
+    "__version__",
+    "checkpoint_filter_fn",
+    "register_smp_encoder",
+    "register_smp_encoders",
+    "stage_out_indices",
+    "vision_lstm",
+]

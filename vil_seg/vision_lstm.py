@@ -17,6 +17,7 @@ own scan order (row or column major, forward or reversed), so any H x W works, s
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Sequence
 
@@ -335,7 +336,7 @@ class VisionLSTM(nn.Module):
             raise ValueError(f"unknown global_pool {global_pool!r}; expected one of {_GLOBAL_POOLS}")
         self.num_classes = num_classes
         self.global_pool = global_pool
-        self.in_chans = in_chans
+        self.full_depth = depth  # blocks of the architecture, also after prune_intermediate_layers
         self.embed_dim = self.num_features = embed_dim
         self.head_hidden_size = self._pooled_dim(global_pool)
         self.num_prefix_tokens = 0
@@ -429,9 +430,10 @@ class VisionLSTM(nn.Module):
         """(B, C, H, W) image -> (B, S, D) row-major tokens with position embedding, and the grid."""
         if x.ndim != 4:
             raise ValueError(f"expected a (B, C, H, W) image batch, got shape {tuple(x.shape)}")
-        if x.shape[1] != self.in_chans:
+        in_chans = self.patch_embed.proj.in_channels
+        if x.shape[1] != in_chans:
             raise ValueError(
-                f"expected {self.in_chans} input channels, got {x.shape[1]} (input shape {tuple(x.shape)}); "
+                f"expected {in_chans} input channels, got {x.shape[1]} (input shape {tuple(x.shape)}); "
                 f"create the model with in_chans={x.shape[1]} to accept such inputs"
             )
         patch_h, patch_w = self.patch_embed.patch_size
@@ -652,6 +654,11 @@ def _rename(key: str, renames: Sequence[tuple[str, str]]) -> str:
     return key
 
 
+def _block_index(key: str) -> int | None:
+    match = re.match(r"^blocks\.(\d+)\.", key)
+    return int(match[1]) if match else None
+
+
 def _format_keys(keys: Sequence[str], limit: int = 20) -> str:
     keys = sorted(keys)
     shown = ", ".join(keys[:limit])
@@ -696,7 +703,9 @@ def checkpoint_filter_fn(state_dict: dict, model: VisionLSTM) -> dict[str, torch
         )
 
     expected = set(model.state_dict())
-    # Parts this model does not have (pruned norm / head, num_classes=0) are dropped from the checkpoint.
+    # Parts this model lacks (pruned blocks, norm or head; num_classes=0) are dropped from the checkpoint.
+    pruned_blocks = range(len(model.blocks), model.full_depth)
+    out = {k: v for k, v in out.items() if _block_index(k) not in pruned_blocks}
     for prefix in _HEAD_PREFIXES:
         if not any(k.startswith(prefix) for k in expected):
             out = {k: v for k, v in out.items() if not k.startswith(prefix)}
@@ -721,6 +730,16 @@ def checkpoint_filter_fn(state_dict: dict, model: VisionLSTM) -> dict[str, torch
 # --------------------------------------------------------------------------------------------------------
 # Configs and entrypoints
 # --------------------------------------------------------------------------------------------------------
+
+HUB_ORG = os.environ.get("VIL_SEG_HUB_ORG", "vil-seg")
+
+
+def hub_repo_id(model_name: str, tag: str = "in1k") -> str:
+    """The Hugging Face Hub repo of a variant's converted weights, ``{HUB_ORG}/{model_name}.{tag}``.
+
+    The organisation is ``vil-seg`` unless the environment variable ``VIL_SEG_HUB_ORG`` names another.
+    """
+    return f"{HUB_ORG}/{model_name}.{tag}"
 
 
 def _create_vision_lstm(variant: str, pretrained: bool, model_args: dict, **kwargs) -> VisionLSTM:

@@ -4,7 +4,7 @@
     python benchmarks/trunk.py --quick    # small sizes only, a smoke run
 
 Every measurement runs in a fresh subprocess, so that one configuration's allocations cannot flatter or
-hurt the next. Time is the minimum over the repeats after one warm-up call; memory is the growth of the
+hurt the next. Time is the minimum over up to 3 calls after one warm-up call; memory is the growth of the
 process's peak resident set size over its value just before the measured calls (inputs and model already
 built), so it counts the activations and temporaries of the call, not the weights.
 """
@@ -25,6 +25,7 @@ import time
 MLSTM_HEADS, MLSTM_HEAD_DIM = 4, 192  # ViL-S: inner width 768 in 4 heads
 MLSTM_LIMITS = {"chunkwise": 16384, "parallel": 4096, "recurrent": 1024}
 TRUNK_LIMITS = {"vil_small chunkwise": 1024, "vil_small parallel": 512, "vit_small": 1024}
+REPEATS, TIME_BUDGET_S = 3, 10.0  # timed calls per measurement: up to 3, fewer once 10 s are spent
 
 
 # ---- child: one measurement ----------------------------------------------------------------------------
@@ -79,8 +80,8 @@ def _child(spec: dict) -> None:
     run = _build(spec)
     before = _peak_rss_mb()
     run()  # warm-up: first-touch page faults and one-time library set-up are not the steady state
-    times = []
-    for _ in range(spec["repeats"]):
+    times: list[float] = []
+    while len(times) < REPEATS and (not times or sum(times) < TIME_BUDGET_S):
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
@@ -120,10 +121,6 @@ def _cell(result: dict | None) -> str:
     return f"{result['time_s']:.3f} s / {result['peak_mb']:.0f} MB"
 
 
-def _repeats(cost: float) -> int:
-    return 3 if cost < 1 else 2 if cost < 8 else 1
-
-
 def bench_mlstm(sizes: list[int], threads: int) -> None:
     print("\n## mLSTM cell (B=1, NH=4, DH=192, float32): time / peak memory growth\n")
     backends = list(MLSTM_LIMITS)
@@ -133,15 +130,13 @@ def bench_mlstm(sizes: list[int], threads: int) -> None:
     for backward in (False, True):
         previous = None
         for size in sizes:
-            # rough cost in seconds of the slowest backend run, to choose repeats
-            cost = (size / 1024) ** 2 * (0.2 if not backward else 0.5)
             row = {}
             for backend in backends:
                 if size > MLSTM_LIMITS[backend]:
                     row[backend] = None
                     continue
                 spec = dict(kind="mlstm", backend=backend, size=size, backward=backward, threads=threads)
-                row[backend] = _measure(dict(spec, repeats=_repeats(cost)))
+                row[backend] = _measure(spec)
             chunk, par = row["chunkwise"], row["parallel"]
             ratio = f"{par['time_s'] / chunk['time_s']:.1f}x" if par else "-"
             exponent = "-"
@@ -161,7 +156,6 @@ def bench_trunk(sizes: list[int], threads: int) -> None:
     print("|" + "---|" * len(header))
     chunk_times = {}
     for size in sizes:
-        cost = (size / 512) ** 2 * 3
         row = {}
         for column in columns:
             if size > TRUNK_LIMITS[column]:
@@ -169,7 +163,7 @@ def bench_trunk(sizes: list[int], threads: int) -> None:
                 continue
             model, _, backend = column.partition(" ")
             spec = dict(kind="trunk", model=model, backend=backend or None, size=size, threads=threads)
-            row[column] = _measure(dict(spec, repeats=_repeats(cost)))
+            row[column] = _measure(spec)
         chunk, vit, par = row["vil_small chunkwise"], row["vit_small"], row["vil_small parallel"]
         chunk_times[size] = chunk["time_s"]
         vs_vit = f"{chunk['time_s'] / vit['time_s']:.2f}x"

@@ -7,6 +7,7 @@ by entry points, so import this package before creating a model by name.
 
 from . import vision_lstm
 from .encoders import ViLEncoder, register_smp_encoder, register_smp_encoders
+from .models import ANN, APCNet, SegLSTM, from_pretrained
 from .vision_lstm import VisionLSTM, checkpoint_filter_fn, stage_out_indices
 
 __version__ = "0.1.0"
@@ -14,10 +15,14 @@ __version__ = "0.1.0"
 register_smp_encoders()
 
 __all__ = [
+    "ANN",
+    "APCNet",
+    "SegLSTM",
     "ViLEncoder",
     "VisionLSTM",
     "__version__",
     "checkpoint_filter_fn",
+    "from_pretrained",
     "register_smp_encoder",
     "register_smp_encoders",
     "stage_out_indices",

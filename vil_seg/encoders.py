@@ -10,6 +10,7 @@ pyramid (a simple feature pyramid, as in ViTDet / BEiT):
 * ``neck="deconv"``: learnable transposed convs for s4 (two, with BN + GELU between) and s8 (one), as in
   the ViL authors' UperNet. With decoders that skip levels, those parameters get no gradient: DDP then
   needs ``find_unused_parameters=True``.
+* ``neck="none"``: the four stage outputs as they are, all at stride 16 (Seg-LSTM's encoder).
 
 The stride-2 level is a 0-channel placeholder (as smp's ``mit_b*`` encoders do), or with
 ``stride2="interpolate"`` a real level (stage 1 upsampled x8), which smp's FPN needs at ``encoder_depth``
@@ -33,7 +34,7 @@ from .vision_lstm import checkpoint_filter_fn, hub_repo_id
 __all__ = ["VIL_ENCODER_NAMES", "ViLEncoder", "register_smp_encoder", "register_smp_encoders"]
 
 VIL_ENCODER_NAMES = ("vil_tiny", "vil_small", "vil_base", "vil2_tiny", "vil2_small", "vil2_base")
-NECKS = ("simple", "deconv")
+NECKS = ("simple", "deconv", "none")
 STRIDE2_LEVELS = ("empty", "interpolate")
 
 
@@ -78,18 +79,19 @@ class ViLEncoder(nn.Module, EncoderMixin):
         neck: str = "simple",
         stride2: str = "empty",
         out_indices: Sequence[int] | None = None,
-        **model_kwargs,
+        model_kwargs: dict | None = None,
     ):
         """
         Args:
             model_name: a registered ViL timm model (``vil_small``, ``vil2_tiny``, ...).
             depth: pyramid levels after the input, 3 to 5 (smp's ``encoder_depth``).
             output_stride: 32, 16 or 8: the stride of the coarsest level.
-            neck: ``"simple"`` (parameter-free) or ``"deconv"`` (learnable transposed convs).
+            neck: ``"simple"`` (parameter-free), ``"deconv"`` (learnable transposed convs) or ``"none"``
+                (every level is the stage output at stride 16).
             stride2: ``"empty"`` (0-channel placeholder) or ``"interpolate"`` (stage 1 upsampled x8).
             out_indices: trunk blocks tapped for the strides 4, 8, 16, 32 levels; default the ends of four
                 equal stages, ``(5, 11, 17, 23)`` for 24 blocks.
-            model_kwargs: passed to ``timm.create_model`` (``img_size``, ``drop_path_rate``, ``scan``, ...).
+            model_kwargs: for ``timm.create_model`` (``depth``, ``img_size``, ``drop_path_rate``, ``scan``).
         """
         super().__init__()
         if depth not in (3, 4, 5):
@@ -102,7 +104,7 @@ class ViLEncoder(nn.Module, EncoderMixin):
             raise ValueError(f"unknown neck {neck!r}; expected one of {NECKS}")
         if stride2 not in STRIDE2_LEVELS:
             raise ValueError(f"unknown stride2 level {stride2!r}; expected one of {STRIDE2_LEVELS}")
-        self.model = timm.create_model(model_name, pretrained=False, num_classes=0, **model_kwargs)
+        self.model = timm.create_model(model_name, pretrained=False, num_classes=0, **(model_kwargs or {}))
         num_blocks = len(self.model.blocks)
         if out_indices is None:
             out_indices = [num_blocks * (i + 1) // 4 - 1 for i in range(4)]
@@ -114,7 +116,7 @@ class ViLEncoder(nn.Module, EncoderMixin):
         self._depth = depth
         self._in_channels = 3
         self._out_channels = [3, dim if stride2 == "interpolate" else 0, dim, dim, dim, dim]
-        self._output_stride = output_stride
+        self._output_stride = 16 if neck == "none" else output_stride
         self.neck = neck
         self.stride2 = stride2
         if neck == "deconv":
@@ -132,6 +134,10 @@ class ViLEncoder(nn.Module, EncoderMixin):
         """Cap the pyramid at ``output_stride`` (16: level s32 stays at stride 16; 8: s16 and s32 at 8)."""
         if output_stride not in (8, 16):
             raise ValueError(f"output_stride must be 16 or 8, got {output_stride}")
+        if self.neck == "none" and output_stride != 16:
+            raise ValueError(
+                f"neck='none' keeps every level at stride 16; output_stride {output_stride} is not possible"
+            )
         self._output_stride = output_stride
 
     def get_stages(self) -> dict:
@@ -153,17 +159,20 @@ class ViLEncoder(nn.Module, EncoderMixin):
 
     # ---- forward ----------------------------------------------------------------------------------------
 
-    def _level(self, feature: torch.Tensor, stride: int) -> torch.Tensor:
-        """A stride-16 map (B, D, H/16, W/16) -> pyramid level ``stride`` (capped by the output stride)."""
-        stride = min(stride, self._output_stride)
+    def _level(self, feature: torch.Tensor, index: int) -> torch.Tensor:
+        """Stage ``index``'s stride-16 map (B, D, H/16, W/16) -> pyramid level ``index``.
+
+        The levels are at strides 4, 8, 16, 32, each capped by the output stride.
+        """
+        if self.neck == "none":
+            return feature
+        if self.neck == "deconv" and index < 2:
+            return (self.fpn1, self.fpn2)[index](feature)
+        stride = min((4, 8, 16, 32)[index], self._output_stride)
         if stride == 16:
             return feature
         if stride == 32:
             return F.max_pool2d(feature, kernel_size=2, stride=2)
-        if self.neck == "deconv" and stride == 4:
-            return self.fpn1(feature)
-        if self.neck == "deconv" and stride == 8:
-            return self.fpn2(feature)
         return F.interpolate(feature, scale_factor=16 // stride, mode="bilinear", align_corners=False)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -174,11 +183,19 @@ class ViLEncoder(nn.Module, EncoderMixin):
             stride2 = x.new_empty(x.shape[0], 0, x.shape[2] // 2, x.shape[3] // 2)
             if self._depth < 5:
                 stride2 = stride2.as_subclass(_EmptyStride2Level)
-        levels = [self._level(tap, stride) for tap, stride in zip(taps, (4, 8, 16, 32), strict=False)]
+        levels = [self._level(tap, index) for index, tap in enumerate(taps)]
         return [x, stride2, *levels]
 
 
-def register_smp_encoder(name: str, model_name: str | None = None, **params) -> None:
+def register_smp_encoder(
+    name: str,
+    model_name: str | None = None,
+    *,
+    neck: str = "simple",
+    stride2: str = "empty",
+    out_indices: Sequence[int] | None = None,
+    **model_kwargs,
+) -> None:
     """Register a ViL encoder under ``name`` in smp, e.g. with a drop-path rate or another neck.
 
     ``register_smp_encoder("vil_small_dp", model_name="vil_small", drop_path_rate=0.1)`` then
@@ -189,7 +206,13 @@ def register_smp_encoder(name: str, model_name: str | None = None, **params) -> 
     smp.encoders.encoders[name] = {
         "encoder": ViLEncoder,
         "pretrained_settings": {"imagenet": {"repo_id": hub_repo_id(model_name), "revision": None}},
-        "params": {"model_name": model_name, **copy.deepcopy(params)},
+        "params": {
+            "model_name": model_name,
+            "neck": neck,
+            "stride2": stride2,
+            "out_indices": out_indices,
+            "model_kwargs": copy.deepcopy(model_kwargs),
+        },
     }
 
 

@@ -170,21 +170,13 @@ def test_dynamic_img_pad_pads_bottom_right():
         assert model.forward_intermediates(x, intermediates_only=True)[0].shape == (1, 192, 5, 6)
 
 
-def test_in_chans_adapts_pretrained_stem(fixtures_dir, tmp_path):
-    source = timm.create_model(
-        "vil_tiny",
-        pretrained=True,
-        pretrained_cfg_overlay=dict(file=str(fixtures_dir / "tiny_v1_raw_checkpoint.th"), num_classes=10),
-        embed_dim=64,
-        depth=4,
-    )
-    four = timm.create_model(
-        "vil_tiny",
-        pretrained=True,
-        pretrained_cfg_overlay=dict(file=str(fixtures_dir / "tiny_v1_raw_checkpoint.th"), num_classes=10),
-        embed_dim=64,
-        depth=4,
-        in_chans=4,
+def test_in_chans_adapts_pretrained_stem(fixtures_dir):
+    overlay = dict(file=str(fixtures_dir / "tiny_v1_raw_checkpoint.th"), num_classes=10)
+    source, four = (
+        timm.create_model(
+            "vil_tiny", pretrained=True, pretrained_cfg_overlay=overlay, embed_dim=64, depth=4, in_chans=c
+        )
+        for c in (3, 4)
     )
     w3, w4 = source.patch_embed.proj.weight, four.patch_embed.proj.weight
     assert w4.shape == (64, 4, 16, 16)

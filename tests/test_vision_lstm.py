@@ -131,15 +131,9 @@ def _raw_checkpoint(fixtures_dir):
     return torch.load(fixtures_dir / "tiny_v1_raw_checkpoint.th", weights_only=True)
 
 
-def _create_from(path, **kwargs):
-    return timm.create_model(
-        "vil_tiny",
-        pretrained=True,
-        pretrained_cfg_overlay=dict(file=str(path), num_classes=10),
-        embed_dim=64,
-        depth=4,
-        **kwargs,
-    )
+def _create_from(path, name="vil_tiny", depth=4):
+    overlay = dict(file=str(path), num_classes=10)
+    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, embed_dim=64, depth=depth)
 
 
 def test_checkpoint_missing_a_block_lists_the_keys(fixtures_dir, tmp_path):
@@ -164,32 +158,16 @@ def test_checkpoint_with_unknown_keys_is_refused(fixtures_dir, tmp_path):
 
 def test_deeper_model_than_checkpoint_is_refused(fixtures_dir):
     with pytest.raises(ValueError, match=r"blocks\.4\."):
-        timm.create_model(
-            "vil_tiny",
-            pretrained=True,
-            pretrained_cfg_overlay=dict(file=str(fixtures_dir / "tiny_v1_raw_checkpoint.th"), num_classes=10),
-            embed_dim=64,
-            depth=6,
-        )
+        _create_from(fixtures_dir / "tiny_v1_raw_checkpoint.th", depth=6)
 
 
 def test_own_checkpoint_round_trip_safetensors(tmp_path):
     model = timm.create_model("vil2_tiny", depth=2, embed_dim=64, num_classes=10).eval()
     save_file(model.state_dict(), tmp_path / "model.safetensors")
-    loaded = _create_from_own(tmp_path / "model.safetensors")
+    loaded = _create_from(tmp_path / "model.safetensors", name="vil2_tiny", depth=2).eval()
     x = _input((1, 3, 32, 48))
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
-
-
-def _create_from_own(path):
-    return timm.create_model(
-        "vil2_tiny",
-        pretrained=True,
-        pretrained_cfg_overlay=dict(file=str(path), num_classes=10),
-        embed_dim=64,
-        depth=2,
-    ).eval()
 
 
 def test_zero_centred_norms_converted(fixtures_dir):

@@ -199,21 +199,26 @@ class SegLSTM(_HeadModel):
 
 
 class _SmpEncoderHeadModel(_HeadModel):
-    """One of vil_seg's heads on any smp encoder (smp-style arguments)."""
+    """One of vil_seg's heads (``head_cls``) on any smp encoder, with smp-style arguments.
+
+    (B, in_channels, H, W) -> logits (B, classes, H, W).
+    """
 
     head_cls: type[nn.Module]
 
-    def _build(
+    @supports_config_loading
+    def __init__(
         self,
-        encoder_name: str,
-        encoder_depth: int,
-        encoder_weights: str | None,
-        encoder_output_stride: int,
-        decoder_channels: int,
-        in_channels: int,
-        classes: int,
-        dropout: float,
-    ) -> None:
+        encoder_name: str = "resnet34",
+        encoder_depth: int = 5,
+        encoder_weights: str | None = "imagenet",
+        encoder_output_stride: int = 8,
+        decoder_channels: int = 512,
+        in_channels: int = 3,
+        classes: int = 1,
+        dropout: float = 0.1,
+    ):
+        super().__init__()
         self.encoder = get_encoder(
             encoder_name,
             in_channels=in_channels,
@@ -226,69 +231,21 @@ class _SmpEncoderHeadModel(_HeadModel):
 
 
 class APCNet(_SmpEncoderHeadModel):
-    """APCNet (Adaptive Pyramid Context Network) head on the last feature of any smp encoder.
+    """APCNet (Adaptive Pyramid Context Network): its head on the last feature of any smp encoder.
 
     (B, in_channels, H, W) -> logits (B, classes, H, W).
     """
 
     head_cls = APCHead
 
-    @supports_config_loading
-    def __init__(
-        self,
-        encoder_name: str = "resnet34",
-        encoder_depth: int = 5,
-        encoder_weights: str | None = "imagenet",
-        encoder_output_stride: int = 8,
-        decoder_channels: int = 512,
-        in_channels: int = 3,
-        classes: int = 1,
-        dropout: float = 0.1,
-    ):
-        super().__init__()
-        self._build(
-            encoder_name,
-            encoder_depth,
-            encoder_weights,
-            encoder_output_stride,
-            decoder_channels,
-            in_channels,
-            classes,
-            dropout,
-        )
-
 
 class ANN(_SmpEncoderHeadModel):
-    """ANN (Asymmetric Non-local Network) head on the last two features of any smp encoder.
+    """ANN (Asymmetric Non-local Network): its head on the last two features of any smp encoder.
 
     (B, in_channels, H, W) -> logits (B, classes, H, W).
     """
 
     head_cls = ANNHead
-
-    @supports_config_loading
-    def __init__(
-        self,
-        encoder_name: str = "resnet34",
-        encoder_depth: int = 5,
-        encoder_weights: str | None = "imagenet",
-        encoder_output_stride: int = 8,
-        decoder_channels: int = 512,
-        in_channels: int = 3,
-        classes: int = 1,
-        dropout: float = 0.1,
-    ):
-        super().__init__()
-        self._build(
-            encoder_name,
-            encoder_depth,
-            encoder_weights,
-            encoder_output_stride,
-            decoder_channels,
-            in_channels,
-            classes,
-            dropout,
-        )
 
 
 _MODEL_CLASSES = {cls.__name__: cls for cls in (SegLSTM, APCNet, ANN)}

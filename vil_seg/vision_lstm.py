@@ -21,6 +21,7 @@ import os
 import re
 from collections.abc import Sequence
 
+import huggingface_hub
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -43,6 +44,8 @@ __all__ = [
     "ViLLayer",
     "VisionLSTM",
     "checkpoint_filter_fn",
+    "hub_repo_id",
+    "remap_checkpoint",
     "stage_out_indices",
 ]
 
@@ -665,15 +668,11 @@ def _format_keys(keys: Sequence[str], limit: int = 20) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def checkpoint_filter_fn(state_dict: dict, model: VisionLSTM) -> dict[str, torch.Tensor]:
-    """Convert any ViL checkpoint to this model's keys, resizing the position embedding to its grid.
+def remap_checkpoint(state_dict: dict) -> tuple[dict[str, torch.Tensor], str]:
+    """Rename any ViL checkpoint's keys to vil_seg's, without a model: no resizing, no key checks.
 
-    Accepts NX-AI's downloadable ``.th`` files (``{"state_dict": ...}`` with training-code names), the
-    ``vision_lstm`` package's v1 and v2 state_dicts, Seg-LSTM mmsegmentation checkpoints (backbone only,
-    stage-local block names) and vil_seg's own. Raises ``ValueError`` listing the keys when blocks or stem
-    weights are missing, or when the checkpoint holds keys this model does not know. A checkpoint without
-    any of the post-block norm / head norm / classifier (a backbone checkpoint) is accepted; timm then
-    loads it non-strictly, which is what ``features_only`` needs.
+    Returns the renamed state_dict (norm scales no longer zero-centred) and the layout it came in
+    (``"nx-ai raw"``, ``"nx-ai package v1"``, ``"nx-ai package v2"``, ``"seg-lstm mmseg"``, ``"vil_seg"``).
     """
     state_dict = _unwrap_state_dict(state_dict)
     layout = _detect_layout(state_dict)
@@ -688,7 +687,20 @@ def checkpoint_filter_fn(state_dict: dict, model: VisionLSTM) -> dict[str, torch
         if layout != "vil_seg" and _ZERO_CENTRED.match(key):
             value = value + 1
         out[key] = value
+    return out, layout
 
+
+def checkpoint_filter_fn(state_dict: dict, model: VisionLSTM) -> dict[str, torch.Tensor]:
+    """Convert any ViL checkpoint to this model's keys, resizing the position embedding to its grid.
+
+    Accepts NX-AI's downloadable ``.th`` files (``{"state_dict": ...}`` with training-code names), the
+    ``vision_lstm`` package's v1 and v2 state_dicts, Seg-LSTM mmsegmentation checkpoints (backbone only,
+    stage-local block names) and vil_seg's own. Raises ``ValueError`` listing the keys when blocks or stem
+    weights are missing, or when the checkpoint holds keys this model does not know. A checkpoint without
+    any of the post-block norm / head norm / classifier (a backbone checkpoint) is accepted; timm then
+    loads it non-strictly, which is what ``features_only`` needs.
+    """
+    out, layout = remap_checkpoint(state_dict)
     if "pos_embed" in out and out["pos_embed"].shape[1:3] != model.pos_embed.shape[1:3]:
         out["pos_embed"] = resample_abs_pos_embed_nhwc(
             out["pos_embed"], model.pos_embed.shape[1:3], interpolation="bicubic", antialias=False
@@ -742,18 +754,48 @@ def hub_repo_id(model_name: str, tag: str = "in1k") -> str:
     return f"{HUB_ORG}/{model_name}.{tag}"
 
 
+_HUB_ERRORS = (
+    huggingface_hub.errors.RepositoryNotFoundError,
+    huggingface_hub.errors.RevisionNotFoundError,
+    huggingface_hub.errors.EntryNotFoundError,
+    huggingface_hub.errors.LocalEntryNotFoundError,
+    huggingface_hub.errors.HfHubHTTPError,
+)
+
+
 def _create_vision_lstm(variant: str, pretrained: bool, model_args: dict, **kwargs) -> VisionLSTM:
     kwargs = {**model_args, **kwargs}
     depth = kwargs["depth"]
     out_indices = tuple(depth * (i + 1) // 4 - 1 for i in range(4))
-    return build_model_with_cfg(
-        VisionLSTM,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
-        **kwargs,
+    try:
+        return build_model_with_cfg(
+            VisionLSTM,
+            variant,
+            pretrained,
+            pretrained_filter_fn=checkpoint_filter_fn,
+            feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
+            **kwargs,
+        )
+    except _HUB_ERRORS as err:
+        raise RuntimeError(_download_help(variant, kwargs.get("pretrained_cfg"), err)) from err
+
+
+def _download_help(variant: str, tag: object, err: Exception) -> str:
+    """What to do when the Hub holds no weights for ``variant`` (yet)."""
+    tag = tag if isinstance(tag, str) and tag else default_cfgs[variant].tags[0]
+    cfg = default_cfgs[variant].cfgs[tag]
+    original = cfg.origin_url.rsplit("/", 1)[-1] if cfg.origin_url else "the original checkpoint"
+    return (
+        f"could not fetch the pretrained weights of {variant}.{tag} from the Hugging Face Hub repo "
+        f"{cfg.hf_hub_id!r} ({type(err).__name__}). If that repo is not published (yet), convert the "
+        f"original checkpoint locally: download {cfg.origin_url or original}, run "
+        f"`vil-seg convert {original} --model {variant} --out DIR`, then load it with "
+        f"timm.create_model({variant!r}, pretrained=True, "
+        "pretrained_cfg_overlay=dict(file='DIR/model.safetensors'))"
     )
+
+
+_NXAI_DOWNLOAD = "https://ml.jku.at/research/vision_lstm/download/{}.th"
 
 
 def _cfg(**kwargs) -> dict:
@@ -770,22 +812,41 @@ def _cfg(**kwargs) -> dict:
         "first_conv": "patch_embed.proj",
         "classifier": "head",
         "license": "apache-2.0",
-        "origin_url": "https://github.com/NX-AI/vision-lstm",
         "paper_ids": "arXiv:2406.04303",
         "paper_name": "Vision-LSTM: xLSTM as Generic Vision Backbone",
         **kwargs,
     }
 
 
+def _in1k(model_name: str, tag: str, original: str, top1: float | None = None) -> tuple[str, dict]:
+    """The cfg of ImageNet-1k weights converted from NX-AI's ``original``.th, on the Hub at hub_repo_id."""
+    notes = f"converted from NX-AI's {original}.th"
+    if top1 is not None:
+        notes += f"; ImageNet-1k top-1 {top1}% as NX-AI's README reports it"
+    cfg = _cfg(
+        hf_hub_id=hub_repo_id(model_name, tag),
+        hf_hub_filename="model.safetensors",
+        origin_url=_NXAI_DOWNLOAD.format(original),
+        notes=notes,
+    )
+    return f"{model_name}.{tag}", cfg
+
+
 default_cfgs = generate_default_cfgs(
-    {
-        "vil_tiny": _cfg(),
-        "vil_small": _cfg(),
-        "vil_base": _cfg(),
-        "vil2_tiny": _cfg(),
-        "vil2_small": _cfg(),
-        "vil2_base": _cfg(),
-    }
+    dict(
+        [
+            _in1k("vil_tiny", "in1k", "vil_tiny16_e800_in1k", 77.3),
+            _in1k("vil_tiny", "in1k_e400", "vil_tiny16_e400_in1k"),
+            _in1k("vil_tiny_plus", "in1k", "vil_tinyplus16_e800_in1k"),
+            _in1k("vil_small", "in1k", "vil_small16_e400_in1k", 80.7),
+            _in1k("vil_small_plus", "in1k", "vil_smallplus16_e400_in1k"),
+            _in1k("vil_base", "in1k", "vil_base16_e400_in1k", 81.6),
+            _in1k("vil2_tiny", "in1k", "vil2_tiny16_e800_in1k", 78.3),
+            _in1k("vil2_tiny", "in1k_e400", "vil2_tiny16_e400_in1k"),
+            _in1k("vil2_small", "in1k", "vil2_small16_e400_in1k", 81.5),
+            _in1k("vil2_base", "in1k", "vil2_base16_e400_in1k", 82.4),
+        ]
+    )
 )
 
 _V2_ARGS = dict(
@@ -805,9 +866,21 @@ def vil_tiny(pretrained: bool = False, **kwargs) -> VisionLSTM:
 
 
 @register_model
+def vil_tiny_plus(pretrained: bool = False, **kwargs) -> VisionLSTM:
+    """ViL-T+ (v1), 192 wide, 29 blocks."""
+    return _create_vision_lstm("vil_tiny_plus", pretrained, dict(embed_dim=192, depth=29), **kwargs)
+
+
+@register_model
 def vil_small(pretrained: bool = False, **kwargs) -> VisionLSTM:
     """ViL-S (v1), 384 wide, 24 blocks: the Seg-LSTM backbone."""
     return _create_vision_lstm("vil_small", pretrained, dict(embed_dim=384, depth=24), **kwargs)
+
+
+@register_model
+def vil_small_plus(pretrained: bool = False, **kwargs) -> VisionLSTM:
+    """ViL-S+ (v1), 384 wide, 26 blocks."""
+    return _create_vision_lstm("vil_small_plus", pretrained, dict(embed_dim=384, depth=26), **kwargs)
 
 
 @register_model

@@ -12,6 +12,7 @@ import segmentation_models_pytorch as smp
 import timm
 import torch
 
+import vil_seg
 from vil_seg import cli
 from vil_seg.hub import convert_checkpoint, push_folder
 from vil_seg.vision_lstm import hub_repo_id
@@ -244,3 +245,7 @@ def test_missing_hub_weights_explain_local_conversion(tmp_path, monkeypatch):
         RuntimeError, match=r"'vil-seg/vil_small\.in1k'.*vil-seg convert vil_small16_e400_in1k\.th"
     ):
         timm.create_model("vil_small", pretrained=True)
+    with pytest.raises(
+        RuntimeError, match=r"'vil-seg/vil_tiny\.in1k'.*vil-seg convert vil_tiny16_e800_in1k\.th"
+    ):
+        vil_seg.SegLSTM(encoder_name="vil_tiny", encoder_weights="imagenet")

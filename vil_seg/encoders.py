@@ -104,6 +104,7 @@ class ViLEncoder(nn.Module, EncoderMixin):
             raise ValueError(f"unknown neck {neck!r}; expected one of {NECKS}")
         if stride2 not in STRIDE2_LEVELS:
             raise ValueError(f"unknown stride2 level {stride2!r}; expected one of {STRIDE2_LEVELS}")
+        self.model_name = model_name
         self.model = timm.create_model(model_name, pretrained=False, num_classes=0, **(model_kwargs or {}))
         num_blocks = len(self.model.blocks)
         if out_indices is None:

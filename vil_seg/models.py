@@ -23,7 +23,7 @@ from torch import nn
 
 from .encoders import ViLEncoder
 from .heads import ANNHead, APCHead, ASPPHead, Classifier, DepthwiseSeparableASPPHead, FCNHead, UPerHead
-from .vision_lstm import stage_out_indices
+from .vision_lstm import _HUB_ERRORS, _download_help, stage_out_indices
 
 __all__ = ["ANN", "DECODERS", "APCNet", "SegLSTM", "from_pretrained"]
 
@@ -111,7 +111,12 @@ def _load_encoder_weights(encoder: nn.Module, encoder_name: str, weights: str) -
             f"available: {sorted(available)} or None"
         )
     settings = available[weights]
-    path = hf_hub_download(settings["repo_id"], filename="model.safetensors", revision=settings["revision"])
+    try:
+        path = hf_hub_download(
+            settings["repo_id"], filename="model.safetensors", revision=settings["revision"]
+        )
+    except _HUB_ERRORS as err:
+        raise RuntimeError(_download_help(encoder.model_name, None, err)) from err
     encoder.load_state_dict(load_file(path, device="cpu"))
 
 

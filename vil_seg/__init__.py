@@ -7,6 +7,7 @@ by entry points, so import this package before creating a model by name.
 
 from . import vision_lstm
 from .encoders import ViLEncoder, register_smp_encoder, register_smp_encoders
+from .engine import predict_raster
 from .models import ANN, APCNet, SegLSTM, from_pretrained
 from .vision_lstm import VisionLSTM, checkpoint_filter_fn, stage_out_indices
 
@@ -23,6 +24,7 @@ __all__ = [
     "__version__",
     "checkpoint_filter_fn",
     "from_pretrained",
+    "predict_raster",
     "register_smp_encoder",
     "register_smp_encoders",
     "stage_out_indices",

@@ -13,6 +13,14 @@ from collections.abc import Sequence
 __all__ = ["main"]
 
 
+def _prepare(args: argparse.Namespace) -> None:
+    from .data.prepare import prepare_dataset
+
+    summary = prepare_dataset(args.dataset, args.raw_dir, args.out_dir, tile=args.tile)
+    print(summary)
+    print(f"wrote {args.out_dir} (manifest.json, img_dir/, ann_dir/)")
+
+
 def _convert(args: argparse.Namespace) -> None:
     from .hub import convert_checkpoint
 
@@ -36,6 +44,18 @@ def _push(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vil-seg", description="Vision-LSTM semantic segmentation")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    prepare = commands.add_parser(
+        "prepare",
+        help="tile the official LoveDA / ISPRS archives into train-id labels",
+        description="Read the official archives (zips or their extracted folders) and write mmseg-style "
+        "tiles with train-id labels (255 = ignore) and a manifest.",
+    )
+    prepare.add_argument("dataset", choices=("loveda", "vaihingen", "potsdam"))
+    prepare.add_argument("raw_dir", help="folder holding the official archives")
+    prepare.add_argument("out_dir", help="folder to write")
+    prepare.add_argument("--tile", type=int, default=512, help="ISPRS tile size (LoveDA is not tiled)")
+    prepare.set_defaults(run=_prepare)
 
     convert = commands.add_parser(
         "convert",
@@ -64,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, RuntimeError, KeyError) as err:
+    except (ValueError, RuntimeError, KeyError, FileNotFoundError) as err:
         print(f"vil-seg {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -7,10 +7,90 @@ vil-seg push DIR --repo-id ORG/NAME [--private] [--revision REV] [--dry-run]
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+from .recipes import PAPER_RECIPE
 
 __all__ = ["main"]
+
+
+def _depths(text: str) -> tuple[int, ...]:
+    try:
+        depths = tuple(int(part) for part in text.split(","))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"--depths takes four comma-separated integers, got {text!r}"
+        ) from err
+    if len(depths) != 4:
+        raise argparse.ArgumentTypeError(f"--depths takes four comma-separated integers, got {text!r}")
+    return depths
+
+
+def _train_config(args: argparse.Namespace):
+    from .engine.trainer import TrainConfig
+
+    return TrainConfig(
+        dataset=args.dataset,
+        data_root=args.data_root,
+        encoder=args.encoder,
+        decoder=args.decoder,
+        smp_arch=args.smp_arch,
+        depths=args.depths,
+        encoder_weights=None if args.encoder_weights == "none" else args.encoder_weights,
+        iters=args.iters,
+        batch_size=args.batch_size,
+        micro_batch=args.micro_batch,
+        crop=args.crop,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup=args.warmup,
+        loss_avg_non_ignore=args.loss_avg_non_ignore,
+        amp=args.amp,
+        val_interval=args.val_interval,
+        ckpt_interval=args.ckpt_interval,
+        eval_mode=args.eval_mode,
+        seed=args.seed,
+        workers=args.workers,
+        out=args.out,
+        resume=args.resume,
+    )
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .engine.trainer import train
+    from .metrics import format_metrics
+
+    metrics = train(_train_config(args))
+    if metrics:
+        print(format_metrics(metrics))
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from .engine.evaluate import evaluate_checkpoint
+    from .metrics import format_metrics
+
+    metrics = evaluate_checkpoint(
+        args.checkpoint, args.dataset, args.data_root, args.split, args.mode, args.tile
+    )
+    print(format_metrics(metrics))
+    if args.json:
+        Path(args.json).write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from .engine.inference import predict_files
+
+    for path in predict_files(args.checkpoint, args.inputs, args.out, args.tile, args.overlap, args.dataset):
+        print(f"wrote {path}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(args.out, iters=args.iters)
 
 
 def _prepare(args: argparse.Namespace) -> None:
@@ -44,6 +124,67 @@ def _push(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vil-seg", description="Vision-LSTM semantic segmentation")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="train and evaluate a small Seg-LSTM on synthetic scenes (CPU)")
+    demo.add_argument("--out", default="runs/demo", help="the run directory to write")
+    demo.add_argument("--iters", type=int, default=None, help="training iterations (default: the demo's)")
+    demo.set_defaults(run=_demo)
+
+    recipe = PAPER_RECIPE
+    train = commands.add_parser(
+        "train", help="train with the paper's recipe (torchrun for several processes)"
+    )
+    train.add_argument(
+        "--dataset", default="synthetic", choices=("synthetic", "loveda", "vaihingen", "potsdam")
+    )
+    train.add_argument("--data-root", help="a `vil-seg prepare` folder (not needed for synthetic)")
+    train.add_argument("--encoder", default="vil_small", help="ViL variant")
+    train.add_argument(
+        "--decoder", default="upernet", help="upernet, deeplabv3, deeplabv3plus, apcnet or ann"
+    )
+    train.add_argument("--smp-arch", help="an smp architecture with the ViL encoder instead of --decoder")
+    train.add_argument("--depths", type=_depths, default=(6, 6, 6, 6), help="stage lengths, e.g. 4,4,12,4")
+    train.add_argument("--iters", type=int, default=recipe.iters)
+    train.add_argument("--batch-size", type=int, default=recipe.batch_size, help="global, over all processes")
+    train.add_argument("--micro-batch", type=int, help="per process and step; accumulation makes up the rest")
+    train.add_argument("--crop", type=int, default=recipe.crop)
+    train.add_argument("--lr", type=float, default=recipe.lr)
+    train.add_argument("--weight-decay", type=float, default=recipe.weight_decay)
+    train.add_argument("--warmup", type=int, default=recipe.warmup)
+    train.add_argument(
+        "--loss-avg-non-ignore", action="store_true", help="average the loss over labelled pixels only"
+    )
+    train.add_argument("--amp", default="none", choices=("none", "bf16"))
+    train.add_argument("--val-interval", type=int, default=recipe.val_interval)
+    train.add_argument("--ckpt-interval", type=int, default=recipe.ckpt_interval)
+    train.add_argument("--eval-mode", default="whole", choices=("whole", "slide"))
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--workers", type=int, default=2, help="data loader processes")
+    train.add_argument("--encoder-weights", default="none", choices=("none", "imagenet"))
+    train.add_argument("--out", default="runs/seglstm", help="the run directory")
+    train.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
+    train.set_defaults(run=_train)
+
+    evaluate = commands.add_parser("eval", help="score a checkpoint on a dataset (mmseg's protocol)")
+    evaluate.add_argument("--checkpoint", required=True, help="a run directory or a Hub repo id")
+    evaluate.add_argument("--dataset", required=True, choices=("synthetic", "loveda", "vaihingen", "potsdam"))
+    evaluate.add_argument("--data-root")
+    evaluate.add_argument("--split", default="val")
+    evaluate.add_argument("--mode", default="whole", choices=("whole", "slide"))
+    evaluate.add_argument("--tile", type=int, default=512, help="window size for --mode slide")
+    evaluate.add_argument("--json", help="also write the metrics to this file")
+    evaluate.set_defaults(run=_eval)
+
+    predict = commands.add_parser("predict", help="segment image files of any size")
+    predict.add_argument("--checkpoint", required=True, help="a run directory or a Hub repo id")
+    predict.add_argument("inputs", nargs="+", help="PNG / JPEG / TIFF / GeoTIFF files")
+    predict.add_argument("--out", required=True, help="folder for <name>.png / .tif and <name>_color.png")
+    predict.add_argument("--tile", type=int, default=512)
+    predict.add_argument("--overlap", type=int, default=128)
+    predict.add_argument("--dataset", help="whose palette to draw with (default: the run's dataset)")
+    predict.set_defaults(run=_predict)
 
     prepare = commands.add_parser(
         "prepare",
@@ -84,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, RuntimeError, KeyError, FileNotFoundError) as err:
+    except (ValueError, RuntimeError, KeyError, FileNotFoundError, FileExistsError) as err:
         print(f"vil-seg {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

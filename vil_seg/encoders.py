@@ -104,6 +104,9 @@ class ViLEncoder(nn.Module, EncoderMixin):
             raise ValueError(f"unknown neck {neck!r}; expected one of {NECKS}")
         if stride2 not in STRIDE2_LEVELS:
             raise ValueError(f"unknown stride2 level {stride2!r}; expected one of {STRIDE2_LEVELS}")
+        known = timm.list_models(module="vision_lstm")
+        if model_name not in known:
+            raise ValueError(f"unknown ViL encoder {model_name!r}; expected one of {known}")
         self.model_name = model_name
         self.model = timm.create_model(model_name, pretrained=False, num_classes=0, **(model_kwargs or {}))
         num_blocks = len(self.model.blocks)

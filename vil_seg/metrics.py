@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-__all__ = ["ConfusionMatrix"]
+__all__ = ["ConfusionMatrix", "format_metrics"]
 
 
 class ConfusionMatrix:
@@ -121,3 +121,25 @@ def _percent(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor
 def _nanmean(values: torch.Tensor) -> float:
     values = values[~values.isnan()]
     return values.mean().item() if values.numel() else math.nan
+
+
+def format_metrics(metrics: dict) -> str:
+    """A per-class table and the means of a metrics dict (``compute()`` plus ``class_names``)."""
+    names = metrics.get("class_names") or [str(i) for i in range(len(metrics["IoU"]))]
+    width = max(len(n) for n in [*names, "class"])
+
+    def cell(value) -> str:
+        return (
+            "   nan" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:6.2f}"
+        )
+
+    lines = [f"{'class':<{width}}    IoU    Acc     F1"]
+    for i, name in enumerate(names):
+        lines.append(
+            f"{name:<{width}} {cell(metrics['IoU'][i])} {cell(metrics['Acc'][i])} {cell(metrics['F1'][i])}"
+        )
+    lines.append(f"mIoU {cell(metrics['mIoU'])}   mAcc {cell(metrics['mAcc'])}   mF1 {cell(metrics['mF1'])}  "
+                 f"aAcc {cell(metrics['aAcc'])}")  # fmt: skip
+    if "mIoU_excl_clutter" in metrics:
+        lines.append(f"mIoU without clutter (the paper's ISPRS figure) {cell(metrics['mIoU_excl_clutter'])}")
+    return "\n".join(lines)

@@ -188,6 +188,10 @@ class SegLSTM(_HeadModel):
             else None
         )
 
+    def forward(self, x: torch.Tensor, with_aux: bool = False):
+        """(B, C, H, W) -> logits (B, classes, H, W); with ``with_aux``: ``forward_with_aux(x)``."""
+        return self.forward_with_aux(x) if with_aux else super().forward(x)
+
     def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, C, H, W) -> (logits, aux logits or None), both (B, classes, H, W)."""
         if not (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()):

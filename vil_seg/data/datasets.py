@@ -80,7 +80,8 @@ class PreparedDataset(Dataset):
 class SyntheticScenes(Dataset):
     """Seeded procedural aerial scenes with LoveDA's 7 classes (see :mod:`vil_seg.data.synthetic`).
 
-    The same ``seed`` gives the same scenes; ``train``, ``val`` and ``test`` never share one.
+    The same ``seed`` gives the same scenes; ``train``, ``val`` and ``test`` never share one. Generated
+    scenes are kept in memory (``cache``), so epochs after the first cost only the transforms.
     """
 
     _SPLIT_OFFSETS: ClassVar[dict[str, int]] = {"train": 0, "val": 1_000_000, "test": 2_000_000}
@@ -93,12 +94,14 @@ class SyntheticScenes(Dataset):
         num_scenes: int | None = None,
         size: int = 256,
         seed: int = 0,
+        cache: bool = True,
     ):
         if split not in self._SPLIT_OFFSETS:
             raise ValueError(f"unknown split {split!r}; expected one of {sorted(self._SPLIT_OFFSETS)}")
         self.info = dataset_info("synthetic")
         self.split, self.transforms, self.size, self.seed = split, transforms, size, seed
         self.num_scenes = self._DEFAULT_SIZES[split] if num_scenes is None else num_scenes
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache else None
 
     def __len__(self) -> int:
         return self.num_scenes
@@ -106,10 +109,14 @@ class SyntheticScenes(Dataset):
     def __getitem__(self, index: int) -> Sample:
         if not 0 <= index < self.num_scenes:
             raise IndexError(index)
-        image, mask = generate_scene(
-            self.seed * 10_000_000 + self._SPLIT_OFFSETS[self.split] + index, self.size
-        )
-        sample = {"image": image.float(), "mask": mask}
+        scene = self._cache.get(index) if self._cache is not None else None
+        if scene is None:
+            scene = generate_scene(
+                self.seed * 10_000_000 + self._SPLIT_OFFSETS[self.split] + index, self.size
+            )
+            if self._cache is not None:
+                self._cache[index] = scene
+        sample = {"image": scene[0].float(), "mask": scene[1].clone()}
         return self.transforms(sample) if self.transforms else sample
 
 

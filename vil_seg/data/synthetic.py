@@ -1,7 +1,7 @@
 """Procedural aerial scenes with LoveDA's 7 classes, for trying everything without downloading data.
 
-Classes are told apart by texture, shape and context, not by colour: three pairs or triples share a mean
-colour (background and barren: tan; road and building: grey; water, forest and agricultural: green), each
+Classes are told apart by texture, shape and context, not by colour: three pairs share a mean colour
+(background and barren: tan; road and building: grey; forest and agricultural: green), each
 scene has its own illumination, and every pixel gets noise. So a per-pixel colour classifier does poorly
 (tests check it stays at or below 35 mIoU), and a model that scores well has learned the textures (speckle,
 canopy, crop rows, calm water), the shapes (rectangular roofs with a ridge and a shadow, roads as long bands
@@ -24,12 +24,13 @@ BACKGROUND, BUILDING, ROAD, WATER, BARREN, FOREST, AGRICULTURAL = range(7)
 _TAN = (150.0, 135.0, 110.0)
 _GREEN = (85.0, 110.0, 70.0)
 _GREY = (125.0, 125.0, 130.0)
+_WATER_GREEN = (72.0, 100.0, 84.0)
 _BASE = {
     BACKGROUND: _TAN,
     BARREN: _TAN,
     ROAD: _GREY,
     BUILDING: _GREY,
-    WATER: _GREEN,
+    WATER: _WATER_GREEN,
     FOREST: _GREEN,
     AGRICULTURAL: _GREEN,
 }
@@ -104,8 +105,8 @@ def _roads(p: _Painter, labels: torch.Tensor, texture: torch.Tensor) -> None:
 def _buildings(p: _Painter, labels: torch.Tensor, texture: torch.Tensor, shade: torch.Tensor) -> None:
     """Buildings: rectangles with a two-sided roof (a ridge along the long side), an edge and a shadow."""
     shadow_dy, shadow_dx = p.integer(3, 6), p.integer(3, 6)
-    for _ in range(p.integer(5, 14)):
-        height, width = p.integer(14, 36), p.integer(14, 36)
+    for _ in range(p.integer(6, 16)):
+        height, width = p.integer(16, 40), p.integer(16, 40)
         top, left = p.integer(0, p.size - height - 8), p.integer(0, p.size - width - 8)
         footprint = labels[top : top + height + shadow_dy, left : left + width + shadow_dx]
         if ((footprint == ROAD) | (footprint == WATER) | (footprint == BUILDING)).any():
@@ -138,9 +139,10 @@ def generate_scene(seed: int, size: int = 256) -> tuple[torch.Tensor, torch.Tens
     shade = torch.ones(size, size)
 
     _parcels(p, labels, texture)
-    barren = p.blob(5, p.uniform(0.05, 0.18))
+    barren = p.blob(5, p.uniform(0.08, 0.22))
     labels[barren] = BARREN
-    texture[barren] = 28 * p.normal(int(barren.sum()))  # speckle
+    grains = 30 * p.smooth(p.size // 3) + 12 * p.normal(p.size, p.size)  # coarse gravel plus speckle
+    texture[barren] = grains[barren]
     forest = p.blob(4, p.uniform(0.08, 0.25))
     labels[forest] = FOREST
     canopy = p.smooth(size // 4)

@@ -18,7 +18,14 @@ from torch import nn
 
 from ..data.transforms import MEAN, STD
 
-__all__ = ["blend_weights", "predict_raster", "predict_sliding", "predict_whole", "window_starts"]
+__all__ = [
+    "blend_weights",
+    "predict_files",
+    "predict_raster",
+    "predict_sliding",
+    "predict_whole",
+    "window_starts",
+]
 
 
 def window_starts(length: int, tile: int, stride: int) -> list[int]:
@@ -239,3 +246,33 @@ def _write_geotiff(strips, raster: _Raster, dst: Path, palette) -> list[Path]:
         if palette is not None:
             out.write_colormap(1, {i: (*colour, 255) for i, colour in enumerate(palette)})
     return [dst]
+
+
+def predict_files(
+    checkpoint: str | Path,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    tile: int = 512,
+    overlap: int = 128,
+    dataset: str | None = None,
+) -> list[Path]:
+    """Segment each input file with a saved model into ``out_dir`` (``.tif`` inputs give GeoTIFFs).
+
+    The palette is the dataset's: ``dataset``, or the one the run in ``checkpoint`` was trained on.
+    """
+    import json
+
+    from ..data import dataset_info
+    from .evaluate import load_checkpoint_model
+
+    run_config = Path(checkpoint) / "train_config.json"
+    if dataset is None and run_config.is_file():
+        dataset = json.loads(run_config.read_text())["dataset"]
+    palette = dataset_info(dataset).palette if dataset else None
+    model = load_checkpoint_model(checkpoint, dataset_info(dataset).num_classes if dataset else None)
+    written = []
+    for source in map(Path, inputs):
+        suffix = ".tif" if source.suffix.lower() in (".tif", ".tiff") else ".png"
+        target = Path(out_dir) / f"{source.stem}{suffix}"
+        written += predict_raster(model, source, target, tile=tile, overlap=overlap, palette=palette)
+    return written

@@ -159,9 +159,9 @@ def test_decayed_scan_gradcheck():
     gen = torch.Generator().manual_seed(0)
     inputs = torch.randn(2, 3, 5, 4, 3, generator=gen, dtype=torch.float64, requires_grad=True)
     decay = torch.rand(2, 3, 5, generator=gen, dtype=torch.float64).requires_grad_()
-    assert torch.autograd.gradcheck(_DecayedScan.apply, (inputs, decay))
-    states = _DecayedScan.apply(inputs, decay)
-    expected = [torch.zeros_like(inputs[:, :, 0])]
-    for c in range(5):
+    assert torch.autograd.gradcheck(lambda x, d: _DecayedScan.apply(x.clone(), d), (inputs, decay))
+    scanned = _DecayedScan.apply(inputs.detach().clone(), decay.detach())
+    expected = [inputs[:, :, 0]]
+    for c in range(1, 5):
         expected.append(decay[:, :, c, None, None] * expected[-1] + inputs[:, :, c])
-    torch.testing.assert_close(states, torch.stack(expected, dim=2), rtol=0, atol=1e-15)
+    torch.testing.assert_close(scanned, torch.stack(expected, dim=2), rtol=0, atol=1e-15)

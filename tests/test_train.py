@@ -120,7 +120,7 @@ def test_loss_decreases_on_synthetic_scenes(tmp_path):
     train(TrainConfig(**config, out=str(tmp_path / "run")))
     losses = [float(r["loss"]) for r in _log(tmp_path / "run")]
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
-    assert last < 0.7 * first, (first, last)
+    assert last < 0.8 * first, (first, last)  # a model that does not learn stays near ln(7) = 1.95
 
 
 def test_bad_training_input(tmp_path):

@@ -151,36 +151,35 @@ def _recurrent(q, k, v, igate, fgate, eps):
 
 
 class _DecayedScan(torch.autograd.Function):
-    """``states[:, :, 0] = 0``, ``states[:, :, c + 1] = decay[:, :, c] * states[:, :, c] + inputs[:, :, c]``.
+    """An inclusive decayed scan, in place: ``x[:, :, c] += decay[:, :, c] * x[:, :, c - 1]`` for c >= 1.
 
-    inputs (B, NH, N, X, Y), decay (B, NH, N) -> states (B, NH, N + 1, X, Y). The scan runs in place in one
-    buffer (no allocation per step), and its backward is the reverse scan, also in place.
+    x (B, NH, N, X, Y) is overwritten by the scan (no buffer, no allocation per step); decay (B, NH, N), whose
+    first entry is unused. The backward is the reverse scan, also in place.
     """
 
     @staticmethod
-    def forward(ctx, inputs: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
-        batch, heads, steps = decay.shape
-        states = inputs.new_empty(batch, heads, steps + 1, *inputs.shape[3:])
-        states[:, :, 0] = 0
-        states[:, :, 1:] = inputs
+    def forward(ctx, x: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
         decay_b = decay[..., None, None]
-        for c in range(steps):
-            states[:, :, c + 1].addcmul_(states[:, :, c], decay_b[:, :, c])
-        ctx.save_for_backward(states, decay)
-        return states
+        for c in range(1, x.shape[2]):
+            x[:, :, c].addcmul_(x[:, :, c - 1], decay_b[:, :, c])
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(x, decay)
+        return x
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        states, decay = ctx.saved_tensors
-        # total[c] = dL/dstates[c] through every later state: total[c] = grad[c] + decay[c] * total[c + 1].
-        total = grad_states.clone(memory_format=torch.contiguous_format)
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scanned, decay = ctx.saved_tensors
+        # total[c] = dL/dx[c] through every later step: total[c] = grad[c] + decay[c + 1] * total[c + 1]
+        total = grad.clone(memory_format=torch.contiguous_format)
         decay_b = decay[..., None, None]
-        for c in range(decay.shape[-1] - 1, 0, -1):
-            total[:, :, c].addcmul_(total[:, :, c + 1], decay_b[:, :, c])
-        grad_inputs = total[:, :, 1:]
-        grad_decay = torch.linalg.vecdot(grad_inputs.flatten(-2), states[:, :, :-1].flatten(-2))
-        return grad_inputs, grad_decay
+        for c in range(total.shape[2] - 2, -1, -1):
+            total[:, :, c].addcmul_(total[:, :, c + 1], decay_b[:, :, c + 1])
+        grad_decay = torch.zeros_like(decay)
+        grad_decay[:, :, 1:] = torch.linalg.vecdot(
+            total[:, :, 1:].flatten(-2), scanned[:, :, :-1].flatten(-2)
+        )
+        return total, grad_decay
 
 
 def _chunkwise(q, k, v, igate, fgate, chunk_size, eps):
@@ -211,19 +210,23 @@ def _chunkwise(q, k, v, igate, fgate, chunk_size, eps):
         m_enter.append(torch.maximum(chunk_log_f[..., c] + m_enter[-1], log_w_max[..., c]))
     m_enter = torch.stack(m_enter, dim=-1)  # (B, NH, NC)
 
-    # States entering chunks 1..NC-1: C_{c+1} = carry_c * C_c + (chunk c's k^T v), scaled by exp(-m_{c+1}).
+    # The states entering chunks 1..NC-1 (the state entering chunk 0 is zero): with the chunk-end states
+    # E_c = C_{c+1}, E_c = carry_c * E_{c-1} + (chunk c's k^T v), all scaled by exp(-m_{c+1}).
     m_next = m_enter[..., 1:, None]
     k_state = k[:, :, :-1] * torch.exp(log_w[:, :, :-1] - m_next)[..., None]
-    contributions = (k_state.transpose(-1, -2) @ v[:, :, :-1]).to(m_enter.dtype)  # (B, NH, NC-1, DH, DHV+1)
+    states = (k_state.transpose(-1, -2) @ v[:, :, :-1]).to(m_enter.dtype)  # (B, NH, NC-1, DH, DHV+1)
     carry = torch.exp(chunk_log_f[..., :-1] + m_enter[..., :-1] - m_enter[..., 1:])  # (B, NH, NC-1)
-    states = _DecayedScan.apply(contributions, carry)  # (B, NH, NC, DH, DHV + 1)
+    states = _DecayedScan.apply(states, carry)
 
-    # Outputs: the state entering the chunk plus the causal parallel form inside it.
+    # Outputs: the causal parallel form inside each chunk, plus the state entering it (chunks 1..NC-1).
     log_d = _causal_log_decay(cum_log_f, igate)  # (B, NH, NC, L, L)
     log_state = cum_log_f + m_enter[..., None]  # (B, NH, NC, L)
     m_out = torch.maximum(log_state, log_d.amax(-1))
     intra = (q @ k.transpose(-1, -2)) * torch.exp(log_d - m_out[..., None])
-    out = torch.exp(log_state - m_out)[..., None] * (q @ states) + intra @ v
+    out = intra @ v
+    if num_chunks > 1:
+        inter = torch.exp(log_state[:, :, 1:] - m_out[:, :, 1:])[..., None] * (q[:, :, 1:] @ states)
+        out[:, :, 1:] += inter
     numerator, denominator = out[..., :value_dim], out[..., value_dim:]
     h = numerator / (torch.maximum(denominator.abs(), torch.exp(-m_out)[..., None]) + eps)
     return h.reshape(batch, heads, num_chunks * chunk, value_dim)[:, :, :seq_len]

@@ -128,14 +128,24 @@ class HeadwiseLinear(nn.Module):
 
 
 class CausalSequenceConv(nn.Conv1d):
-    """Depthwise causal conv along the sequence (ViL v1). (B, S, C) -> (B, S, C)."""
+    """Depthwise causal conv along the sequence (ViL v1). (B, S, C) -> contiguous (B, S, C).
+
+    Computed as ``kernel_size`` shifted multiply-adds in the token-major layout: no transposes, and the
+    output is row-major for the projections that follow.
+    """
 
     def __init__(self, channels: int, kernel_size: int = 4):
         super().__init__(channels, channels, kernel_size, groups=channels, bias=True)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        x = F.pad(x.transpose(1, 2), (self.kernel_size[0] - 1, 0))
-        return F.conv1d(x, self.weight, self.bias, groups=self.groups).transpose(1, 2)
+        taps = self.weight[:, 0, :]  # (C, K): tap j weighs x[t - (K - 1) + j]
+        last = taps.shape[1] - 1
+        out = torch.addcmul(self.bias, x, taps[:, last])
+        for j in range(last):
+            shift = last - j
+            if shift < x.shape[1]:
+                out[:, shift:].addcmul_(x[:, :-shift], taps[:, j])
+        return out
 
 
 class GridSequenceConv(nn.Conv2d):
@@ -150,10 +160,11 @@ class GridSequenceConv(nn.Conv2d):
         )
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        batch, _, channels = x.shape
-        x = x.transpose(1, 2).reshape(batch, channels, *grid)
+        batch, seq_len, channels = x.shape
+        # NCHW views of the token-major layout (channels_last strides): no transposing copies
+        x = x.reshape(batch, *grid, channels).permute(0, 3, 1, 2)
         x = F.conv2d(x, self.weight, self.bias, padding=self.padding, groups=self.groups)
-        return x.flatten(2).transpose(1, 2)
+        return x.permute(0, 2, 3, 1).reshape(batch, seq_len, channels)
 
 
 _CONVS = {"causal1d": CausalSequenceConv, "2d": GridSequenceConv}
@@ -162,7 +173,7 @@ _CONVS = {"causal1d": CausalSequenceConv, "2d": GridSequenceConv}
 class MultiHeadLayerNorm(nn.Module):
     """Per-head LayerNorm of the mLSTM output with one affine over all heads.
 
-    (B, NH, S, DH) -> (B, S, NH * DH).
+    (B, S, NH, DH) -> (B, S, NH * DH).
     """
 
     def __init__(self, dim: int, eps: float = 1e-5, bias: bool = False):
@@ -172,7 +183,7 @@ class MultiHeadLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.layer_norm(x, x.shape[-1:], eps=self.eps).transpose(1, 2).flatten(2)
+        x = F.layer_norm(x, x.shape[-1:], eps=self.eps).flatten(2)
         x = x * self.weight
         return x if self.bias is None else x + self.bias
 
@@ -233,26 +244,35 @@ class ViLLayer(nn.Module):
         nn.init.normal_(self.igate.bias, std=0.1)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, S, NH * DH) -> (B, NH, S, DH)."""
-        return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+        """(B, S, NH * DH) -> contiguous (B, NH, S, DH): one copy, which the mLSTM's matmuls then share."""
+        return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2).contiguous()
+
+    def _gates(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input and forget gate pre-activations from [q, k, v], without materialising the concatenation.
+
+        (B, S, E) each -> two (B, NH, S).
+        """
+        weight = torch.cat([self.igate.weight, self.fgate.weight])  # (2 NH, 3E)
+        bias = torch.cat([self.igate.bias, self.fgate.bias])
+        w_q, w_k, w_v = weight.chunk(3, dim=1)
+        gates = F.linear(q, w_q, bias) + F.linear(k, w_k) + F.linear(v, w_v)  # (B, S, 2 NH)
+        return gates.transpose(1, 2).split(self.num_heads, dim=1)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         x_inner, z = self.proj_up(x).chunk(2, dim=-1)
         x_conv = F.silu(self.conv(x_inner, grid))
         q, k, v = self.q_proj(x_conv), self.k_proj(x_conv), self.v_proj(x_inner)
-        gate_input = torch.cat([q, k, v], dim=-1)
-        igate = self.igate(gate_input).transpose(1, 2)  # (B, NH, S)
-        fgate = self.fgate(gate_input).transpose(1, 2)
+        igate, fgate = self._gates(q, k, v)
         h = mlstm(
             self._heads(q),
             self._heads(k),
-            self._heads(v),
+            v.unflatten(-1, (self.num_heads, -1)).transpose(1, 2),  # copied inside anyway
             igate,
             fgate,
             backend=self.mlstm_backend,
             chunk_size=self.chunk_size,
         )
-        h = self.outnorm(h) + self.learnable_skip * x_conv
+        h = self.outnorm(h.transpose(1, 2)) + self.learnable_skip * x_conv
         return self.proj_down(h * F.silu(z))
 
 

@@ -184,3 +184,18 @@ def test_in_chans_adapts_pretrained_stem(fixtures_dir):
     torch.testing.assert_close(w4[:, 3], w3[:, 0] * 0.75)
     torch.testing.assert_close(four.blocks[0].layer.proj_up.weight, source.blocks[0].layer.proj_up.weight)
     assert four(_input((1, 4, 32, 32))).shape == (1, 10)
+
+
+def test_trunk_imports_without_smp():
+    """The timm family needs only timm: a bare GPU image without smp can still build and run it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['segmentation_models_pytorch'] = None\n"
+        "import timm, torch, vil_seg\n"
+        "model = timm.create_model('vil_tiny', depth=2)\n"
+        "print(model(torch.randn(1, 3, 32, 32)).shape[-1], hasattr(vil_seg, 'SegLSTM'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["1000", "False"]

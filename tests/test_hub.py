@@ -206,6 +206,7 @@ def _run_folder(tmp_path):
         "dataset": "synthetic",
     }
     (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / "train_config.json").write_text(json.dumps({"dataset": "synthetic", "iters": 480, "lr": 0.002}))
     return run
 
 
@@ -221,13 +222,14 @@ def test_push_uploads_exactly_the_folder_with_metrics_card(tmp_path):
     assert api.calls[2][2]["revision"] == "v1"
     card = uploaded["README.md"].decode()
     assert "| road | 60.25 |" in card and "| **mIoU** | 60.58 |" in card and "import vil_seg" in card
+    assert "Dataset: synthetic" in card and '"lr": 0.002' in card
 
 
 def test_push_dry_run_lists_and_sends_nothing(tmp_path, capsys):
     run = _run_folder(tmp_path)
     assert cli.main(["push", str(run), "--repo-id", "someone/x", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "would upload 4 files to someone/x" in out and "model.safetensors" in out and "metrics.json" in out
+    assert "would upload 5 files to someone/x" in out and "model.safetensors" in out and "metrics.json" in out
 
 
 def test_push_without_token_says_how_to_log_in(tmp_path, monkeypatch):

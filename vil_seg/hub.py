@@ -172,8 +172,13 @@ Preprocessing: RGB in [0, 1], mean {list(cfg.mean)}, std {list(cfg.std)}, bicubi
 """
 
 
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
 def write_run_model_card(folder: str | Path) -> Path:
-    """(Re)write ``README.md`` of a training run folder from its ``config.json`` and ``metrics.json``."""
+    """(Re)write ``README.md`` of a training run folder from ``config.json``, ``train_config.json`` (the
+    recipe) and ``metrics.json`` (per-class IoU)."""
     folder = Path(folder)
     config = json.loads((folder / "config.json").read_text())
     metrics_path = folder / "metrics.json"
@@ -201,17 +206,24 @@ def write_run_model_card(folder: str | Path) -> Path:
         json.dumps(parameters, indent=2),
         "```",
     ]
-    if "dataset" in metrics or "recipe" in metrics:
-        lines += ["", f"Dataset: {metrics.get('dataset', 'not reported')}"]
-        if "recipe" in metrics:
-            lines += ["", "Recipe:", "", "```json", json.dumps(metrics["recipe"], indent=2), "```"]
+    train_config_path = folder / "train_config.json"
+    if train_config_path.is_file():
+        recipe = json.loads(train_config_path.read_text())
+        lines += [
+            "",
+            "## Training",
+            "",
+            f"Dataset: {recipe.get('dataset')}. Recipe (`vil-seg train` settings):",
+        ]
+        lines += ["", "```json", json.dumps(recipe, indent=2), "```"]
     if "IoU" in metrics:
         names = metrics.get("class_names") or [str(i) for i in range(len(metrics["IoU"]))]
-        lines += ["", "## Metrics", "", "| class | IoU |", "|---|---|"]
-        lines += [f"| {name} | {iou:.2f} |" for name, iou in zip(names, metrics["IoU"], strict=True)]
-        for key in ("mIoU", "mIoU_excl", "mF1", "aAcc"):
+        where = f"{metrics.get('dataset', 'validation')}, iteration {metrics.get('iteration', '?')}"
+        lines += ["", f"## Metrics ({where})", "", "| class | IoU |", "|---|---|"]
+        lines += [f"| {name} | {_percent(iou)} |" for name, iou in zip(names, metrics["IoU"], strict=True)]
+        for key in ("mIoU", "mIoU_excl_clutter", "mF1", "aAcc"):
             if key in metrics:
-                lines.append(f"| **{key}** | {metrics[key]:.2f} |")
+                lines.append(f"| **{key}** | {_percent(metrics[key])} |")
     path = folder / "README.md"
     path.write_text("\n".join(lines) + "\n")
     return path

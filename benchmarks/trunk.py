@@ -2,6 +2,7 @@
 
     python benchmarks/trunk.py            # full run (under 10 minutes on 2 CPU cores)
     python benchmarks/trunk.py --quick    # small sizes only, a smoke run
+    python benchmarks/trunk.py --goals    # the performance goals: 512-2048, training step, 2048 SegLSTM tile
 
 Every measurement runs in a fresh subprocess, so that one configuration's allocations cannot flatter or
 hurt the next. Time is the minimum over up to 3 calls after one warm-up call; memory is the growth of the
@@ -39,7 +40,7 @@ def _build(spec: dict):
     import timm
     import torch
 
-    import vil_seg  # noqa: F401
+    import vil_seg
     from vil_seg.mlstm import mlstm
 
     torch.manual_seed(0)
@@ -59,12 +60,28 @@ def _build(spec: dict):
         return run
 
     size = spec["size"]
+    if spec["kind"] == "seglstm":  # the paper's UPerNet model, one whole tile
+        model = vil_seg.SegLSTM(decoder="upernet", encoder_name="vil_small", classes=6, aux_head=False).eval()
+        image = torch.randn(1, 3, size, size)
+
+        def run():
+            with torch.inference_mode():
+                model(image)
+
+        return run
     if spec["model"] == "vit_small":
         model = timm.create_model("vit_small_patch16_224", dynamic_img_size=True, num_classes=0)
     else:
         model = timm.create_model("vil_small", num_classes=0, mlstm_backend=spec["backend"])
+    image = torch.randn(spec.get("batch", 1), 3, size, size)
+    if spec["kind"] == "train":  # one training step's forward + backward (no optimizer)
+        model.train()
+
+        def run():
+            model.forward_features(image).mean().backward()
+
+        return run
     model.eval()
-    image = torch.randn(1, 3, size, size)
 
     def run():
         with torch.inference_mode():
@@ -178,18 +195,38 @@ def bench_trunk(sizes: list[int], threads: int) -> None:
         )
 
 
+def bench_goals(threads: int) -> None:
+    """The performance issue's remaining measurements: training step, and one 2048x2048 SegLSTM tile."""
+    print("\n## Training step (forward + backward, batch 2, 512x512, float32)\n")
+    vil = _measure(
+        dict(kind="train", model="vil_small", backend="chunkwise", size=512, batch=2, threads=threads)
+    )
+    vit = _measure(dict(kind="train", model="vit_small", backend=None, size=512, batch=2, threads=threads))
+    print("| vil_small | ViT-S/16 | ViL / ViT-S |\n|---|---|---|")
+    print(f"| {_cell(vil)} | {_cell(vit)} | {vil['time_s'] / vit['time_s']:.2f}x |")
+    print("\n## SegLSTM (UPerNet, vil_small) inference on one 2048x2048 tile\n")
+    tile = _measure(dict(kind="seglstm", size=2048, threads=threads))
+    print(f"{_cell(tile)}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="small sizes only")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
+    parser.add_argument("--goals", action="store_true", help="also 2048x2048, training step, SegLSTM tile")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         _child(json.loads(args.child))
         return
     print(f"# vil-seg trunk benchmark\n\nmachine: {_machine(args.threads)}")
+    if args.goals:
+        TRUNK_LIMITS.update({"vil_small chunkwise": 2048, "vit_small": 2048})
+        bench_trunk([512, 1024, 2048], args.threads)
+        bench_goals(args.threads)
+        return
     bench_mlstm([256, 1024] if args.quick else [256, 1024, 4096, 16384], args.threads)
     bench_trunk([224] if args.quick else [224, 512, 1024], args.threads)
 

@@ -214,3 +214,19 @@ def test_torchrun_two_processes(tmp_path):
 @pytest.mark.slow
 def test_full_demo_reaches_60_miou(tmp_path):
     assert run_demo(tmp_path / "demo", progress=False)["mIoU"] >= 60
+
+
+def test_smp_architecture_trains_and_reloads(tmp_path):
+    import vil_seg
+
+    config = dict(TINY, smp_arch="upernet", iters=2, val_interval=2, ckpt_interval=2)
+    with pytest.raises(
+        ValueError, match=r"aux_channels, decoder_channels, depths, encoder_kwargs configure SegLSTM"
+    ):
+        TrainConfig(**config)
+    for key in ("depths", "encoder_kwargs", "decoder_channels", "aux_channels"):
+        config.pop(key)
+    metrics = train(TrainConfig(**config, out=str(tmp_path / "run")))
+    assert len(metrics["IoU"]) == 7
+    model = vil_seg.from_pretrained(tmp_path / "run")
+    assert type(model).__name__ == "UPerNet" and model.config["encoder_name"] == "vil_tiny"

@@ -92,6 +92,19 @@ class TrainConfig:
         if self.iters < 1 or self.batch_size < 1:
             raise ValueError("iters and batch_size must be positive")
         self.depths = tuple(self.depths)
+        if self.smp_arch is not None:
+            seglstm_only = {
+                "depths": (6, 6, 6, 6),
+                "encoder_kwargs": {},
+                "decoder_channels": 512,
+                "aux_channels": 256,
+            }
+            changed = sorted(k for k, default in seglstm_only.items() if getattr(self, k) != default)
+            if changed:
+                raise ValueError(
+                    f"{', '.join(changed)} configure SegLSTM, not --smp-arch {self.smp_arch}: smp builds the "
+                    "registered encoder as is (register a variant with vil_seg.register_smp_encoder)"
+                )
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))

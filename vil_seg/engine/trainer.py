@@ -231,12 +231,29 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _all_rng_states() -> list[dict]:
+    """Every process's RNG states (rank order); all processes must call it."""
+    state = _rng_state()
+    if not (dist.is_available() and dist.is_initialized()):
+        return [state]
+    states: list = [None] * dist.get_world_size()
+    dist.all_gather_object(states, state)
+    return states
+
+
 def save_checkpoint(
-    run: Path, model: nn.Module, optimizer, scheduler, iteration: int, config: TrainConfig
+    run: Path,
+    model: nn.Module,
+    optimizer,
+    scheduler,
+    iteration: int,
+    config: TrainConfig,
+    rng_states: list[dict] | None = None,
 ) -> None:
     """Write the weights (save_pretrained) and the trainer state, each file by temp file + rename.
 
-    The trainer state comes last and records the checksum of the weights it belongs to.
+    The trainer state comes last and records the checksum of the weights it belongs to, and the RNG
+    states of every process (``rng_states``, default this process's).
     """
     staging = run / ".checkpoint-tmp"
     shutil.rmtree(staging, ignore_errors=True)
@@ -247,7 +264,7 @@ def save_checkpoint(
         "iteration": iteration,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "rng": _rng_state(),
+        "rng": rng_states or [_rng_state()],
         "weights_sha256": _sha256(run / "model.safetensors"),
         "config": config.to_dict(),
     }
@@ -373,7 +390,12 @@ def train(config: TrainConfig) -> dict:
         model.load_state_dict(load_file(run / "model.safetensors"))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
+        if len(state["rng"]) != world:
+            raise ValueError(
+                f"cannot resume {run} on {world} process(es): it was trained on {len(state['rng'])}; "
+                "resume with the same number of processes"
+            )
+        _set_rng_state(state["rng"][rank])
         if rank == 0:
             _truncate_log(run / "log.csv", start)
     elif rank == 0:
@@ -441,10 +463,12 @@ def train(config: TrainConfig) -> dict:
         if done % config.val_interval == 0 or done == config.iters:
             metrics = _validate(model, val_set, info, config, device, done, run, rank)
             row["mIoU"] = f"{metrics['mIoU']:.4f}"
+        checkpoint_now = done % config.ckpt_interval == 0 or done == config.iters
+        rng_states = _all_rng_states() if checkpoint_now else None
         if rank == 0:
             _append_log(run / "log.csv", row)
-            if done % config.ckpt_interval == 0 or done == config.iters:
-                save_checkpoint(run, model, optimizer, scheduler, done, config)
+            if checkpoint_now:
+                save_checkpoint(run, model, optimizer, scheduler, done, config, rng_states)
         progress.set_postfix(loss=f"{losses[0].item():.3f}", lr=row["lr"])
         progress.update()
     progress.close()

@@ -150,8 +150,9 @@ def demo_run(tmp_path_factory):
 
 
 def test_demo_writes_a_complete_run_directory(demo_run):
-    for name in ("config.json", "model.safetensors", "metrics.json", "log.csv", "curves.png",
-                 "confusion_matrix.png", "predictions.png", "trainer_state.pt"):  # fmt: skip
+    expected = ["config.json", "model.safetensors", "metrics.json", "log.csv", "curves.png"]
+    expected += ["confusion_matrix.png", "predictions.png", "trainer_state.pt", "train_config.json"]
+    for name in expected:
         assert (demo_run / name).is_file(), name
     metrics = json.loads((demo_run / "metrics.json").read_text())
     assert (

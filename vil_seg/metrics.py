@@ -138,8 +138,8 @@ def format_metrics(metrics: dict) -> str:
         lines.append(
             f"{name:<{width}} {cell(metrics['IoU'][i])} {cell(metrics['Acc'][i])} {cell(metrics['F1'][i])}"
         )
-    lines.append(f"mIoU {cell(metrics['mIoU'])}   mAcc {cell(metrics['mAcc'])}   mF1 {cell(metrics['mF1'])}  "
-                 f"aAcc {cell(metrics['aAcc'])}")  # fmt: skip
+    means = "   ".join(f"{key} {cell(metrics[key])}" for key in ("mIoU", "mAcc", "mF1", "aAcc"))
+    lines.append(means)
     if "mIoU_excl_clutter" in metrics:
         lines.append(f"mIoU without clutter (the paper's ISPRS figure) {cell(metrics['mIoU_excl_clutter'])}")
     return "\n".join(lines)

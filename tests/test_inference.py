@@ -64,9 +64,13 @@ def test_window_layout_and_weights():
 
 
 def test_small_image_is_padded_and_cropped_back():
+    """One window: the model on the zero-padded image (the blend weights cancel), cropped back."""
     model = ToyModel().eval()
-    image = torch.randn(1, 3, 40, 50)
-    assert predict_sliding(model, image, tile=64, overlap=16).shape == (1, 4, 40, 50)
+    image = torch.randn(1, 3, 40, 50, generator=torch.Generator().manual_seed(2))
+    ours = predict_sliding(model, image, tile=64, overlap=16)
+    with torch.no_grad():
+        ref = model(torch.nn.functional.pad(image, (0, 14, 0, 24)))[..., :40, :50]
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)
 
 
 def _raw_image(height=150, width=230, bands=3):

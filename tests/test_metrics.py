@@ -85,3 +85,16 @@ def test_all_reduce_sums_over_processes(tmp_path):
     mp.spawn(_rank_counts, args=(2, str(tmp_path / "init"), str(tmp_path / "m.pt")), nprocs=2)
     expected = torch.tensor([[1, 0, 0], [0, 1, 2], [0, 0, 0]])
     assert torch.equal(torch.load(tmp_path / "m.pt", weights_only=True), expected)
+
+
+def test_metrics_json_writes_nan_as_null():
+    import json
+
+    from vil_seg.metrics import metrics_json
+
+    cm = ConfusionMatrix(2)
+    cm.update(torch.tensor([0, 0]), torch.tensor([0, 0]))
+    text = metrics_json(cm.compute())
+    assert "NaN" not in text
+    parsed = json.loads(text)
+    assert parsed["IoU"] == [100.0, None] and parsed["mIoU"] == 100.0

@@ -231,3 +231,20 @@ def test_smp_architecture_trains_and_reloads(tmp_path):
     assert len(metrics["IoU"]) == 7
     model = vil_seg.from_pretrained(tmp_path / "run")
     assert type(model).__name__ == "UPerNet" and model.config["encoder_name"] == "vil_tiny"
+
+
+def test_every_train_flag_reaches_the_config():
+    import dataclasses
+
+    args = cli.build_parser().parse_args(
+        ["train", "--depths", "4,4,12,4", "--micro-batch", "2", "--lr", "1e-3"]
+    )
+    flags = set(vars(args)) - {"command", "run"}
+    assert flags <= {f.name for f in dataclasses.fields(TrainConfig)}, flags
+    config = cli._train_config(args)
+    assert (config.depths, config.micro_batch, config.lr, config.encoder_weights) == (
+        (4, 4, 12, 4),
+        2,
+        1e-3,
+        None,
+    )

@@ -7,7 +7,6 @@ vil-seg push DIR --repo-id ORG/NAME [--private] [--revision REV] [--dry-run]
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,33 +29,15 @@ def _depths(text: str) -> tuple[int, ...]:
 
 
 def _train_config(args: argparse.Namespace):
+    """The TrainConfig of `vil-seg train`: every flag is the field of the same name."""
+    import dataclasses
+
     from .engine.trainer import TrainConfig
 
-    return TrainConfig(
-        dataset=args.dataset,
-        data_root=args.data_root,
-        encoder=args.encoder,
-        decoder=args.decoder,
-        smp_arch=args.smp_arch,
-        depths=args.depths,
-        encoder_weights=None if args.encoder_weights == "none" else args.encoder_weights,
-        iters=args.iters,
-        batch_size=args.batch_size,
-        micro_batch=args.micro_batch,
-        crop=args.crop,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        warmup=args.warmup,
-        loss_avg_non_ignore=args.loss_avg_non_ignore,
-        amp=args.amp,
-        val_interval=args.val_interval,
-        ckpt_interval=args.ckpt_interval,
-        eval_mode=args.eval_mode,
-        seed=args.seed,
-        workers=args.workers,
-        out=args.out,
-        resume=args.resume,
-    )
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    values["encoder_weights"] = None if args.encoder_weights == "none" else args.encoder_weights
+    return TrainConfig(**values)
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -70,14 +51,14 @@ def _train(args: argparse.Namespace) -> None:
 
 def _eval(args: argparse.Namespace) -> None:
     from .engine.evaluate import evaluate_checkpoint
-    from .metrics import format_metrics
+    from .metrics import format_metrics, metrics_json
 
     metrics = evaluate_checkpoint(
         args.checkpoint, args.dataset, args.data_root, args.split, args.mode, args.tile
     )
     print(format_metrics(metrics))
     if args.json:
-        Path(args.json).write_text(json.dumps(metrics, indent=2) + "\n")
+        Path(args.json).write_text(metrics_json(metrics))
 
 
 def _predict(args: argparse.Namespace) -> None:

@@ -144,9 +144,6 @@ class ViLEncoder(nn.Module, EncoderMixin):
             )
         self._output_stride = output_stride
 
-    def get_stages(self) -> dict:
-        raise NotImplementedError("ViL is isotropic: strides are set by make_dilated, not by stages")
-
     def load_state_dict(self, state_dict: dict, strict: bool = True, assign: bool = False):
         """Load an encoder state_dict, or any ViL trunk checkpoint (timm, NX-AI, Seg-LSTM) into the trunk.
 

@@ -11,6 +11,7 @@ except for a class with I = 0 but P + L > 0, where mmseg gets NaN (0 / 0) and th
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-__all__ = ["ConfusionMatrix", "format_metrics"]
+__all__ = ["ConfusionMatrix", "format_metrics", "metrics_json"]
 
 
 class ConfusionMatrix:
@@ -143,3 +144,18 @@ def format_metrics(metrics: dict) -> str:
     if "mIoU_excl_clutter" in metrics:
         lines.append(f"mIoU without clutter (the paper's ISPRS figure) {cell(metrics['mIoU_excl_clutter'])}")
     return "\n".join(lines)
+
+
+def metrics_json(metrics: dict) -> str:
+    """A metrics dict as JSON text, NaN written as null (plain ``json.dumps`` writes invalid ``NaN``)."""
+
+    def finite(value):
+        if isinstance(value, float) and math.isnan(value):
+            return None
+        if isinstance(value, list):
+            return [finite(v) for v in value]
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        return value
+
+    return json.dumps(finite(metrics), indent=2) + "\n"

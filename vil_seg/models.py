@@ -74,15 +74,19 @@ class _HeadModel(SegmentationModel):
     classification_head = None
 
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The maps the head reads: the encoder's levels without the input and the stride-2 level."""
+        """The maps the head reads (the encoder's levels without the input and the stride-2 level),
+        after smp's input-size check."""
+        if not (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()):
+            self.check_input_shape(x)
         return self.encoder(x)[2:]
+
+    @staticmethod
+    def _at_input_size(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> logits (B, classes, H, W)."""
-        if not (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()):
-            self.check_input_shape(x)
-        logits = self.segmentation_head(self.decoder(self._features(x)))
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return self._at_input_size(self.segmentation_head(self.decoder(self._features(x))), x)
 
     def generate_model_card(self, *args, **kwargs) -> ModelCard:
         metrics = kwargs.get("metrics")
@@ -194,16 +198,9 @@ class SegLSTM(_HeadModel):
 
     def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, C, H, W) -> (logits, aux logits or None), both (B, classes, H, W)."""
-        if not (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()):
-            self.check_input_shape(x)
         features = self._features(x)
-        size = x.shape[-2:]
-        logits = F.interpolate(
-            self.segmentation_head(self.decoder(features)), size=size, mode="bilinear", align_corners=False
-        )
-        if self.aux_head is None:
-            return logits, None
-        aux = F.interpolate(self.aux_head(features[2]), size=size, mode="bilinear", align_corners=False)
+        logits = self._at_input_size(self.segmentation_head(self.decoder(features)), x)
+        aux = None if self.aux_head is None else self._at_input_size(self.aux_head(features[2]), x)
         return logits, aux
 
 

@@ -5,9 +5,12 @@ Every prepared dataset stores train ids 0..K-1, with 255 for pixels to ignore.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["IGNORE_INDEX", "ISPRS", "ISPRS_COLOURS", "LOVEDA", "DatasetInfo", "dataset_info"]
+import numpy as np
+
+__all__ = ["IGNORE_INDEX", "ISPRS", "ISPRS_COLOURS", "LOVEDA", "DatasetInfo", "colourise", "dataset_info"]
 
 IGNORE_INDEX = 255
 
@@ -62,3 +65,10 @@ def dataset_info(name: str) -> DatasetInfo:
     if name not in _DATASETS:
         raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(_DATASETS)}")
     return _DATASETS[name]
+
+
+def colourise(classes: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
+    """Class ids (H, W) uint8 -> RGB (H, W, 3) uint8 with ``palette``; ids without a colour are black."""
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)
+    return lut[classes]

@@ -11,10 +11,11 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from ..data.classes import DatasetInfo
 from ..metrics import ConfusionMatrix
 from .inference import predict_sliding, predict_whole
 
-__all__ = ["evaluate", "evaluate_checkpoint", "load_checkpoint_model"]
+__all__ = ["dataset_metrics", "evaluate", "evaluate_checkpoint", "load_checkpoint_model"]
 
 
 @torch.inference_mode()
@@ -55,6 +56,15 @@ def evaluate(
     return matrix
 
 
+def dataset_metrics(matrix: ConfusionMatrix, info: DatasetInfo, **extra) -> dict:
+    """``matrix.compute()`` plus ``class_names``, the clutter-excluded ``mIoU_excl_clutter`` for ISPRS (the
+    paper's headline) and ``extra`` (dataset, split, iteration, ...)."""
+    metrics = matrix.compute()
+    if info.clutter is not None:
+        metrics["mIoU_excl_clutter"] = matrix.compute(exclude=(info.clutter,))["mIoU"]
+    return dict(metrics, class_names=list(info.classes), **extra)
+
+
 def load_checkpoint_model(checkpoint: str | Path, num_classes: int | None = None) -> nn.Module:
     """A run directory or Hub repo saved with ``save_pretrained``, in eval mode; checks the class count."""
     from ..models import from_pretrained
@@ -89,8 +99,4 @@ def evaluate_checkpoint(
     model = load_checkpoint_model(checkpoint, info.num_classes)
     data = get_dataset(dataset, data_root, split, eval_transforms(DATASET_RECIPES[dataset].test_scale))
     matrix = evaluate(model, data, info.num_classes, mode=mode, tile=tile, progress=True)
-    metrics = matrix.compute()
-    if info.clutter is not None:
-        metrics["mIoU_excl_clutter"] = matrix.compute(exclude=(info.clutter,))["mIoU"]
-    metrics.update(class_names=list(info.classes), dataset=dataset, split=split, mode=mode)
-    return metrics
+    return dataset_metrics(matrix, info, dataset=dataset, split=split, mode=mode)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
+from ..data.classes import colourise
 from ..data.transforms import MEAN, STD
 
 __all__ = [
@@ -174,12 +175,6 @@ def _strips(
         acc_top = done
 
 
-def _colourise(classes: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
-    lut = np.zeros((256, 3), dtype=np.uint8)
-    lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)
-    return lut[classes]
-
-
 @torch.inference_mode()
 def predict_raster(
     model: nn.Module,
@@ -223,7 +218,7 @@ def predict_raster(
     written = [dst]
     if palette is not None:
         colour = dst.with_name(f"{dst.stem}_color.png")
-        Image.fromarray(_colourise(classes, palette)).save(colour)
+        Image.fromarray(colourise(classes, palette)).save(colour)
         written.append(colour)
     return written
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +11,10 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..data import DatasetInfo
+from ..data.classes import colourise
 from ..data.transforms import MEAN, STD
 
-__all__ = ["colourise", "plot_curves", "plot_predictions"]
+__all__ = ["plot_curves", "plot_predictions"]
 
 
 def _pyplot():
@@ -24,13 +24,6 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def colourise(classes: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
-    """Class ids (H, W) -> RGB (H, W, 3) uint8 with ``palette``; ignore (255) is black."""
-    lut = np.zeros((256, 3), dtype=np.uint8)
-    lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)
-    return lut[classes]
 
 
 def plot_curves(log_csv: str | Path, path: str | Path) -> Path:

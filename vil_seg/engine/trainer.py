@@ -14,7 +14,6 @@ import csv
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import random
 import shutil
@@ -33,9 +32,10 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from ..data import IGNORE_INDEX, dataset_info, eval_transforms, get_dataset, train_transforms
+from ..metrics import metrics_json
 from ..models import DECODERS, SegLSTM
 from ..recipes import DATASET_RECIPES, PAPER_RECIPE
-from .evaluate import evaluate
+from .evaluate import dataset_metrics, evaluate
 from .plots import plot_curves, plot_predictions
 
 __all__ = ["TrainConfig", "build_model", "train"]
@@ -93,13 +93,9 @@ class TrainConfig:
             raise ValueError("iters and batch_size must be positive")
         self.depths = tuple(self.depths)
         if self.smp_arch is not None:
-            seglstm_only = {
-                "depths": (6, 6, 6, 6),
-                "encoder_kwargs": {},
-                "decoder_channels": 512,
-                "aux_channels": 256,
-            }
-            changed = sorted(k for k, default in seglstm_only.items() if getattr(self, k) != default)
+            defaults = TrainConfig.__dataclass_fields__
+            seglstm_only = ("depths", "encoder_kwargs", "decoder_channels", "aux_channels")
+            changed = sorted(k for k in seglstm_only if getattr(self, k) != _default(defaults[k]))
             if changed:
                 raise ValueError(
                     f"{', '.join(changed)} configure SegLSTM, not --smp-arch {self.smp_arch}: smp builds the "
@@ -108,6 +104,13 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def _default(field_: dataclasses.Field):
+    """A dataclass field's default value."""
+    if field_.default_factory is not dataclasses.MISSING:
+        return field_.default_factory()
+    return field_.default
 
 
 def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
@@ -485,25 +488,11 @@ def _validate(
     matrix = evaluate(
         model, val_set, info.num_classes, mode=config.eval_mode, tile=config.crop, device=device
     )
-    metrics = matrix.compute()
-    if info.clutter is not None:
-        metrics["mIoU_excl_clutter"] = matrix.compute(exclude=(info.clutter,))["mIoU"]
-    metrics.update(class_names=list(info.classes), iteration=iteration, dataset=config.dataset)
+    metrics = dataset_metrics(matrix, info, iteration=iteration, dataset=config.dataset)
     if rank == 0:
-        (run / "metrics.json").write_text(json.dumps(_finite(metrics), indent=2) + "\n")
+        (run / "metrics.json").write_text(metrics_json(metrics))
         matrix.plot(
             run / "confusion_matrix.png", info.classes, title=f"{config.dataset}, iteration {iteration}"
         )
         plot_predictions(model, val_set, info, run / "predictions.png", device=device)
     return metrics
-
-
-def _finite(value):
-    """NaN -> None, so metrics.json is valid JSON."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    return value

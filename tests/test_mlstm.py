@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
-from vil_seg.mlstm import BACKENDS, mlstm
+from vil_seg.mlstm import BACKENDS, MLSTMState, mlstm
 
 from .conftest import rel_err
 
@@ -76,6 +78,76 @@ def test_backends_agree_float64(seed, batch, heads, seq_len, head_dim, value_dim
         assert rel_err(h, ref_h) <= 1e-10, backend
         for name, grad, ref_grad in zip(GATE_NAMES, grads, ref_grads, strict=True):
             assert rel_err(grad, ref_grad) <= 1e-8, (backend, name)
+
+
+def _segmented(inputs, cuts, **kwargs):
+    """mlstm over consecutive segments ending at ``cuts``, each starting from the state before it."""
+    outputs, state, start = [], None, 0
+    for end in cuts:
+        part = [t[:, :, start:end] for t in inputs]
+        h, state = mlstm(*part, initial_state=state, return_state=True, **kwargs)
+        outputs.append(h)
+        start = end
+    return torch.cat(outputs, dim=2), state
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    seq_len=st.integers(2, 60),
+    cut_fractions=st.lists(st.floats(0.05, 0.95), min_size=1, max_size=3),
+    chunk_size=st.integers(1, 16),
+    gate_scale=st.sampled_from([0.1, 1.0, 5.0]),
+)
+def test_segments_with_state_equal_whole_sequence(seed, seq_len, cut_fractions, chunk_size, gate_scale):
+    """Values and gradients of segment-by-segment processing equal the whole sequence's (float64)."""
+    inputs = _random_inputs(seed, 2, 2, seq_len, 4, 3, gate_scale)
+    cuts = [*sorted({max(1, min(seq_len - 1, round(f * seq_len))) for f in cut_fractions}), seq_len]
+    ref_h, ref_grads = _value_and_grads(inputs, backend="parallel")
+    _, ref_state = mlstm(*inputs, backend="recurrent", return_state=True)
+    for backend in ("chunkwise", "recurrent"):
+        h, state = _segmented(inputs, cuts, backend=backend, chunk_size=chunk_size)
+        assert rel_err(h, ref_h) <= 1e-10, backend
+        weights = torch.linspace(-1.0, 1.0, h.numel(), dtype=h.dtype).view_as(h)
+        grads = torch.autograd.grad((h * weights).sum(), inputs)
+        for name, grad, ref_grad in zip(GATE_NAMES, grads, ref_grads, strict=True):
+            assert rel_err(grad, ref_grad) <= 1e-8, (backend, name)
+        # the same stabiliser, hence the same stabilised state, as the token-by-token recursion
+        torch.testing.assert_close(state.m, ref_state.m, rtol=0, atol=1e-12)
+        for name in ("c", "n"):
+            assert rel_err(getattr(state, name), getattr(ref_state, name)) <= 1e-10, (backend, name)
+
+
+def test_state_is_the_recurrence_state_on_a_hand_case():
+    """One head, DH = 1, two tokens: the state is the recurrence worked out by hand."""
+    q = torch.ones(1, 1, 2, 1, dtype=torch.float64)
+    k = torch.tensor([2.0, 3.0], dtype=torch.float64).view(1, 1, 2, 1)
+    v = torch.tensor([5.0, 7.0], dtype=torch.float64).view(1, 1, 2, 1)
+    igate = torch.tensor([0.5, -1.0], dtype=torch.float64).view(1, 1, 2)
+    fgate = torch.tensor([1.0, 2.0], dtype=torch.float64).view(1, 1, 2)
+    log_f2 = torch.nn.functional.logsigmoid(fgate[0, 0, 1])
+    m = torch.maximum(log_f2 + 0.5, torch.tensor(-1.0, dtype=torch.float64))  # m_1 = i_1 = 0.5
+    c_true = torch.exp(log_f2) * math.exp(0.5) * 2 * 5 + math.exp(-1.0) * 3 * 7
+    n_true = torch.exp(log_f2) * math.exp(0.5) * 2 + math.exp(-1.0) * 3
+    for backend in ("chunkwise", "recurrent"):
+        _, state = mlstm(q, k, v, igate, fgate, backend=backend, chunk_size=1, return_state=True)
+        scale = torch.exp(-m)
+        torch.testing.assert_close(state.m[0, 0], m, rtol=0, atol=1e-15)
+        # keys enter the state scaled by DH ** -0.5 = 1
+        torch.testing.assert_close(state.c[0, 0, 0, 0], c_true * scale, rtol=1e-14, atol=0)
+        torch.testing.assert_close(state.n[0, 0, 0], n_true * scale, rtol=1e-14, atol=0)
+
+
+def test_state_errors():
+    q, k, v, igate, fgate = (t.detach() for t in _random_inputs(0, 1, 2, 9, 4, 3, 1.0))
+    _, state = mlstm(q, k, v, igate, fgate, return_state=True)
+    assert isinstance(state, MLSTMState) and state.c.shape == (1, 2, 4, 3)
+    with pytest.raises(ValueError, match="parallel backend keeps no state"):
+        mlstm(q, k, v, igate, fgate, backend="parallel", return_state=True)
+    with pytest.raises(ValueError, match=r"initial_state.c must have shape \(1, 2, 4, 3\)"):
+        mlstm(q, k, v, igate, fgate, initial_state=MLSTMState(state.c[..., :2], state.n, state.m))
+    with pytest.raises(TypeError, match="must be an MLSTMState"):
+        mlstm(q, k, v, igate, fgate, initial_state=state.c)
 
 
 def test_chunk_padding_matches_unpadded_prefix():

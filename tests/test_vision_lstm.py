@@ -98,6 +98,30 @@ def test_mlstm_backends_give_the_same_model(name):
     assert rel_err(outs["recurrent"], outs["parallel"]) <= 1e-5
 
 
+@pytest.mark.parametrize("name", ["vil_tiny", "vil2_tiny"])
+@pytest.mark.parametrize(("segment_len", "segments_per_forward"), [(20, 2 + 2 + 3 + 3), (3, 7 + 7 + 5 + 5)])
+def test_segmented_inference_equals_whole_sequences(name, segment_len, segments_per_forward, monkeypatch):
+    """Inference over segments of whole scan rows (with the conv's context rows for v2, chunks that do not
+    align with the segments) gives the blocks' whole-sequence outputs, in every scan direction."""
+    model = timm.create_model(
+        name, scan="quad", depth=4, embed_dim=64, chunk_size=8, segment_len=segment_len
+    ).eval()
+    x = _input((2, 3, 112, 80))  # a 7 x 5 patch grid: row scans of 7 rows of 5, column scans of 5 rows of 7
+    calls = []
+    segment = type(model.blocks[0].layer).forward_segment
+    monkeypatch.setattr(
+        type(model.blocks[0].layer), "forward_segment", lambda *a, **k: calls.append(1) or segment(*a, **k)
+    )
+    with torch.no_grad():
+        segmented = model.forward_intermediates(x, output_fmt="NLC", intermediates_only=True)
+    assert len(calls) == segments_per_forward
+    with torch.enable_grad():  # autograd on: whole sequences
+        whole = model.forward_intermediates(x, output_fmt="NLC", intermediates_only=True)
+    assert len(calls) == segments_per_forward
+    for i, (a, b) in enumerate(zip(segmented, whole, strict=True)):
+        assert rel_err(a, b.detach()) <= 1e-6, f"block {i}"
+
+
 def test_wrong_channel_count_is_named():
     model = timm.create_model("vil_tiny", depth=1)
     with pytest.raises(ValueError, match=r"expected 3 input channels, got 4"):

@@ -18,6 +18,9 @@ Backends:
   Everything is batched over chunks; the only Python loop runs over the (DH x DH) chunk states.
 * ``"recurrent"``: one token at a time. Slow and obviously correct; a reference for tests.
 
+The chunkwise and recurrent backends also take and return the recurrent state (:class:`MLSTMState`), so a
+long sequence can be processed segment by segment: ``mlstm(a + b) == cat(mlstm(a), mlstm(b, state))``.
+
 Gate math and cumulative sums run in at least float32 (float64 inputs stay float64); the result has the
 dtype of ``q``.
 """
@@ -25,16 +28,28 @@ dtype of ``q``.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-__all__ = ["BACKENDS", "Backend", "mlstm"]
+__all__ = ["BACKENDS", "Backend", "MLSTMState", "mlstm"]
 
 Backend = Literal["chunkwise", "parallel", "recurrent"]
 BACKENDS: tuple[str, ...] = ("chunkwise", "parallel", "recurrent")
+
+
+class MLSTMState(NamedTuple):
+    """The recurrent state after a sequence, stabilised: the true matrix memory is ``c * exp(m)``.
+
+    ``c`` (B, NH, DH, DHV), ``n`` (B, NH, DH) (the normaliser's key sum, also times ``exp(-m)``) and ``m``
+    (B, NH), all in the compute dtype (at least float32). ``m`` is ``-inf`` for "nothing seen yet".
+    """
+
+    c: torch.Tensor
+    n: torch.Tensor
+    m: torch.Tensor
 
 
 def mlstm(
@@ -47,7 +62,9 @@ def mlstm(
     backend: Backend = "chunkwise",
     chunk_size: int = 64,
     eps: float = 1e-6,
-) -> torch.Tensor:
+    initial_state: MLSTMState | None = None,
+    return_state: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, MLSTMState]:
     """Apply the mLSTM cell to whole sequences.
 
     Args:
@@ -58,22 +75,46 @@ def mlstm(
             form) or ``"recurrent"`` (token by token).
         chunk_size: tokens per chunk for ``"chunkwise"``; any S is accepted (the tail chunk is padded).
         eps: the normaliser's epsilon.
+        initial_state: the state a previous call returned, to continue its sequence (chunkwise and
+            recurrent backends); ``None`` starts from zero.
+        return_state: also return the state after the last token.
 
     Returns:
-        ``(B, NH, S, DHV)`` hidden states in the dtype of ``q``.
+        ``(B, NH, S, DHV)`` hidden states in the dtype of ``q``; with ``return_state``, also the
+        :class:`MLSTMState`.
     """
     igate, fgate = _check_inputs(q, k, v, igate_preact, fgate_preact, backend, chunk_size)
+    if backend == "parallel" and (initial_state is not None or return_state):
+        raise ValueError("the parallel backend keeps no state; use backend='chunkwise' or 'recurrent'")
     out_dtype = q.dtype
     compute_dtype = torch.promote_types(q.dtype, torch.float32)
     q, k, v, igate, fgate = (t.to(compute_dtype) for t in (q, k, v, igate, fgate))
-    k = k * (q.shape[-1] ** -0.5)
+    state = None if initial_state is None else _check_state(initial_state, q, v, compute_dtype)
+    key_scale = q.shape[-1] ** -0.5
     if backend == "parallel":
-        h = _parallel(q, k, v, igate, fgate, eps)
+        h = _parallel(q, k * key_scale, v, igate, fgate, eps)
     elif backend == "recurrent":
-        h = _recurrent(q, k, v, igate, fgate, eps)
-    else:
-        h = _chunkwise(q, k, v, igate, fgate, chunk_size, eps)
-    return h.to(out_dtype)
+        h, state = _recurrent(q, k * key_scale, v, igate, fgate, eps, state)
+    else:  # the key scale goes into the chunkwise form's decay factors: no pass over k
+        h, state = _chunkwise(q, k, v, igate, fgate, key_scale, chunk_size, eps, state, return_state)
+    return (h.to(out_dtype), state) if return_state else h.to(out_dtype)
+
+
+def _check_state(state: MLSTMState, q: torch.Tensor, v: torch.Tensor, dtype: torch.dtype) -> MLSTMState:
+    batch, heads, _, head_dim = q.shape
+    expected = {
+        "c": (batch, heads, head_dim, v.shape[-1]),
+        "n": (batch, heads, head_dim),
+        "m": (batch, heads),
+    }
+    if not isinstance(state, tuple) or len(state) != 3:
+        raise TypeError(f"initial_state must be an MLSTMState (c, n, m), got {type(state).__name__}")
+    state = MLSTMState(*state)
+    for name, shape in expected.items():
+        got = tuple(getattr(state, name).shape)
+        if got != shape:
+            raise ValueError(f"initial_state.{name} must have shape {shape} for these inputs, got {got}")
+    return MLSTMState(*(t.to(dtype) for t in state))
 
 
 def _check_inputs(
@@ -129,12 +170,15 @@ def _parallel(q, k, v, igate, fgate, eps):
     return (weights @ v) / (normaliser + eps)
 
 
-def _recurrent(q, k, v, igate, fgate, eps):
+def _recurrent(q, k, v, igate, fgate, eps, state):
     batch, heads, seq_len, head_dim = q.shape
     log_f = F.logsigmoid(fgate)
-    c_state = q.new_zeros(batch, heads, head_dim, v.shape[-1])
-    n_state = q.new_zeros(batch, heads, head_dim)
-    m_state = q.new_full((batch, heads), -math.inf)
+    if state is None:
+        c_state = q.new_zeros(batch, heads, head_dim, v.shape[-1])
+        n_state = q.new_zeros(batch, heads, head_dim)
+        m_state = q.new_full((batch, heads), -math.inf)
+    else:
+        c_state, n_state, m_state = state
     outputs = []
     for t in range(seq_len):
         m_new = torch.maximum(log_f[..., t] + m_state, igate[..., t])
@@ -147,7 +191,7 @@ def _recurrent(q, k, v, igate, fgate, eps):
         numerator = (q_t[..., None, :] @ c_state).squeeze(-2)
         denominator = (q_t * n_state).sum(-1, keepdim=True)
         outputs.append(numerator / (torch.maximum(denominator.abs(), torch.exp(-m_new)[..., None]) + eps))
-    return torch.stack(outputs, dim=2)
+    return torch.stack(outputs, dim=2), MLSTMState(c_state, n_state, m_state)
 
 
 class _DecayedScan(torch.autograd.Function):
@@ -182,7 +226,7 @@ class _DecayedScan(torch.autograd.Function):
         return total, grad_decay
 
 
-def _chunkwise(q, k, v, igate, fgate, chunk_size, eps):
+def _chunkwise(q, k, v, igate, fgate, key_scale, chunk_size, eps, state, return_state):
     batch, heads, seq_len, head_dim = q.shape
     value_dim = v.shape[-1]
     chunk = min(chunk_size, seq_len)
@@ -191,42 +235,61 @@ def _chunkwise(q, k, v, igate, fgate, chunk_size, eps):
     # A ones column appended to v makes every product with it also produce the normaliser's sum.
     v = torch.cat([v, v.new_ones(batch, heads, seq_len, 1)], dim=-1)
     if pad:
-        # Causality: tokens appended at the end cannot change the outputs before them.
+        # Tokens appended at the end cannot change the outputs before them (causality); with an input gate
+        # of -inf and a forget gate of +inf they also leave the final state as it is.
         q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-        igate, fgate = F.pad(igate, (0, pad)), F.pad(fgate, (0, pad))
+        igate, fgate = F.pad(igate, (0, pad), value=-math.inf), F.pad(fgate, (0, pad), value=math.inf)
     q = q.view(batch, heads, num_chunks, chunk, head_dim)
     k = k.view(batch, heads, num_chunks, chunk, head_dim)
     v = v.view(batch, heads, num_chunks, chunk, value_dim + 1)
     igate = igate.view(batch, heads, num_chunks, chunk)
     cum_log_f = F.logsigmoid(fgate).view(batch, heads, num_chunks, chunk).cumsum(-1)
 
-    # Stabilisers of the states entering each chunk: m_0 = -inf, m_{c+1} = max(g_c + m_c, max_t log_w),
-    # with g_c the chunk's total log forget and log_w the log weight of each token in the chunk-end state.
+    # Stabilisers of the states entering each chunk: m_0 = -inf (or the initial state's), m_{c+1} =
+    # max(g_c + m_c, max_t log_w), with g_c the chunk's total log forget and log_w the log weight of each
+    # token in the chunk-end state. With return_state, m_NC is the final state's.
     chunk_log_f = cum_log_f[..., -1]  # (B, NH, NC)
     log_w = chunk_log_f[..., None] - cum_log_f + igate  # (B, NH, NC, L)
     log_w_max = log_w.amax(-1)
-    m_enter = [q.new_full((batch, heads), -math.inf)]
-    for c in range(num_chunks - 1):
+    m_enter = [q.new_full((batch, heads), -math.inf) if state is None else state.m]
+    ends = num_chunks if return_state else num_chunks - 1  # chunks whose end state is needed
+    for c in range(ends):
         m_enter.append(torch.maximum(chunk_log_f[..., c] + m_enter[-1], log_w_max[..., c]))
-    m_enter = torch.stack(m_enter, dim=-1)  # (B, NH, NC)
+    m_enter = torch.stack(m_enter, dim=-1)  # (B, NH, ends + 1)
 
-    # The states entering chunks 1..NC-1 (the state entering chunk 0 is zero): with the chunk-end states
-    # E_c = C_{c+1}, E_c = carry_c * E_{c-1} + (chunk c's k^T v), all scaled by exp(-m_{c+1}).
+    # The states entering chunks 1..ends (scaled by exp(-m)): with E_c the state entering chunk c,
+    # E_{c+1} = carry_c * E_c + (chunk c's k^T v), an in-place scan over the chunk contributions. An
+    # initial state is E_0, put in front; without one E_0 = 0 and chunk 0 needs no state.
     m_next = m_enter[..., 1:, None]
-    k_state = k[:, :, :-1] * torch.exp(log_w[:, :, :-1] - m_next)[..., None]
-    states = (k_state.transpose(-1, -2) @ v[:, :, :-1]).to(m_enter.dtype)  # (B, NH, NC-1, DH, DHV+1)
-    carry = torch.exp(chunk_log_f[..., :-1] + m_enter[..., :-1] - m_enter[..., 1:])  # (B, NH, NC-1)
+    log_scale = math.log(key_scale)
+    k_state = k[:, :, :ends] * torch.exp(log_w[:, :, :ends] - (m_next - log_scale))[..., None]
+    states = (k_state.transpose(-1, -2) @ v[:, :, :ends]).to(m_enter.dtype)  # (B, NH, ends, DH, DHV+1)
+    carry = torch.exp(chunk_log_f[..., :ends] + m_enter[..., :-1] - m_enter[..., 1:])  # (B, NH, ends)
+    if state is not None:
+        entering = torch.cat([state.c, state.n[..., None]], dim=-1).to(states.dtype)
+        states = torch.cat([entering[:, :, None], states], dim=2)  # E_0 .. E_ends
+        carry = F.pad(carry, (1, 0))  # the scan's first decay is unused
     states = _DecayedScan.apply(states, carry)
+    first = 0 if state is not None else 1  # the first chunk with a state entering it
 
-    # Outputs: the causal parallel form inside each chunk, plus the state entering it (chunks 1..NC-1).
+    # Outputs: the causal parallel form inside each chunk, plus the state entering it.
     log_d = _causal_log_decay(cum_log_f, igate)  # (B, NH, NC, L, L)
-    log_state = cum_log_f + m_enter[..., None]  # (B, NH, NC, L)
+    log_state = cum_log_f + m_enter[..., :num_chunks, None]  # (B, NH, NC, L)
     m_out = torch.maximum(log_state, log_d.amax(-1))
-    intra = (q @ k.transpose(-1, -2)) * torch.exp(log_d - m_out[..., None])
+    intra = (q @ k.transpose(-1, -2)) * torch.exp(log_d - (m_out[..., None] - log_scale))
     out = intra @ v
-    if num_chunks > 1:
-        inter = torch.exp(log_state[:, :, 1:] - m_out[:, :, 1:])[..., None] * (q[:, :, 1:] @ states)
-        out[:, :, 1:] += inter
+    if num_chunks > first:
+        # out += (q * scale) @ entering, accumulated in place by one baddbmm per sequence and head
+        scale = torch.exp(log_state[:, :, first:] - m_out[:, :, first:])[..., None]
+        q_scaled = (q[:, :, first:] * scale).flatten(0, 1).to(out.dtype)  # out is bf16 under autocast
+        entering = states[:, :, : num_chunks - first].flatten(0, 1).to(out.dtype)
+        target = out.flatten(0, 1)[:, first:]
+        for i in range(batch * heads):
+            target[i].baddbmm_(q_scaled[i], entering[i])
     numerator, denominator = out[..., :value_dim], out[..., value_dim:]
     h = numerator / (torch.maximum(denominator.abs(), torch.exp(-m_out)[..., None]) + eps)
-    return h.reshape(batch, heads, num_chunks * chunk, value_dim)[:, :, :seq_len]
+    h = h.reshape(batch, heads, num_chunks * chunk, value_dim)[:, :, :seq_len]
+    if not return_state:
+        return h, None
+    final = states[:, :, -1]
+    return h, MLSTMState(final[..., :value_dim], final[..., value_dim], m_enter[..., -1])

@@ -36,7 +36,7 @@ from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs,
 from timm.models._features import feature_take_indices
 from torch import nn
 
-from .mlstm import BACKENDS, mlstm
+from .mlstm import BACKENDS, MLSTMState, mlstm
 
 __all__ = [
     "SCANS",
@@ -137,6 +137,10 @@ class CausalSequenceConv(nn.Conv1d):
     def __init__(self, channels: int, kernel_size: int = 4):
         super().__init__(channels, channels, kernel_size, groups=channels, bias=True)
 
+    def context(self, cols: int) -> tuple[int, int]:
+        """Tokens before and after a segment that its outputs depend on."""
+        return self.kernel_size[0] - 1, 0
+
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         taps = self.weight[:, 0, :]  # (C, K): tap j weighs x[t - (K - 1) + j]
         last = taps.shape[1] - 1
@@ -158,6 +162,10 @@ class GridSequenceConv(nn.Conv2d):
         super().__init__(
             channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=True
         )
+
+    def context(self, cols: int) -> tuple[int, int]:
+        """Tokens before and after a segment of whole rows that its outputs depend on: whole rows."""
+        return self.padding[0] * cols, self.padding[0] * cols
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         batch, seq_len, channels = x.shape
@@ -258,9 +266,29 @@ class ViLLayer(nn.Module):
         gates = F.linear(q, w_q, bias) + F.linear(k, w_k) + F.linear(v, w_v)  # (B, S, 2 NH)
         return gates.transpose(1, 2).split(self.num_heads, dim=1)
 
-    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    def _expand(
+        self, x: torch.Tensor, grid: tuple[int, int], context: tuple[int, int] = (0, 0)
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Up-projection and conv: (B, S, D) -> x_inner, z, x_conv, each (B, S - sum(context), E).
+
+        The first ``context[0]`` and last ``context[1]`` tokens only feed the conv of the others.
+        """
         x_inner, z = self.proj_up(x).chunk(2, dim=-1)
         x_conv = F.silu(self.conv(x_inner, grid))
+        if context != (0, 0):
+            keep = slice(context[0], x.shape[1] - context[1])
+            x_inner, z, x_conv = x_inner[:, keep], z[:, keep], x_conv[:, keep]
+        return x_inner, z, x_conv
+
+    def _mix(
+        self,
+        x_inner: torch.Tensor,
+        z: torch.Tensor,
+        x_conv: torch.Tensor,
+        state: MLSTMState | None = None,
+        return_state: bool = False,
+    ) -> tuple[torch.Tensor, MLSTMState | None]:
+        """The mLSTM cell, output gate and down-projection: three (B, S, E) -> (B, S, D), and the state."""
         q, k, v = self.q_proj(x_conv), self.k_proj(x_conv), self.v_proj(x_inner)
         igate, fgate = self._gates(q, k, v)
         h = mlstm(
@@ -271,15 +299,46 @@ class ViLLayer(nn.Module):
             fgate,
             backend=self.mlstm_backend,
             chunk_size=self.chunk_size,
+            initial_state=state,
+            return_state=return_state,
         )
+        if return_state:
+            h, state = h
         h = self.outnorm(h.transpose(1, 2)) + self.learnable_skip * x_conv
-        return self.proj_down(h * F.silu(z))
+        return self.proj_down(h * F.silu(z)), state
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        return self._mix(*self._expand(x, grid))[0]
+
+    def forward_segment(
+        self,
+        x: torch.Tensor,
+        cols: int,
+        context: tuple[int, int] = (0, 0),
+        state: MLSTMState | None = None,
+    ) -> tuple[torch.Tensor, MLSTMState]:
+        """One segment of a longer sequence, continuing from the mLSTM ``state`` of the segments before it.
+
+        Args:
+            x: (B, S, D) tokens: the segment with ``context = (before, after)`` tokens around it, as
+                ``conv.context(cols)`` asks for (fewer at the ends of the sequence).
+            cols: tokens per row of the scan grid; for a 2d conv the segment and its context are whole rows.
+
+        Returns:
+            (B, S - before - after, D) outputs and the state after the segment.
+        """
+        grid = (x.shape[1] // cols, cols)
+        return self._mix(*self._expand(x, grid, context), state, return_state=True)
 
 
 class ViLBlock(nn.Module):
     """Pre-norm residual mLSTM block. ``scan`` names the token order it reads (set by the model).
 
     (B, S, D) tokens in ``scan`` order -> (B, S, D).
+
+    Without autograd (inference), a sequence longer than ``segment_len`` tokens is run segment by segment
+    (whole scan rows, at least one), each continuing from the mLSTM state of the one before: the same
+    function, computed with a working set of one segment whatever the image size.
     """
 
     def __init__(
@@ -289,16 +348,42 @@ class ViLBlock(nn.Module):
         drop_path: float = 0.0,
         bias: bool = False,
         norm_eps: float = 1e-5,
+        segment_len: int | None = 512,
         **layer_kwargs,
     ):
         super().__init__()
         self.scan = scan
+        self.segment_len = segment_len
         self.norm = nn.LayerNorm(dim, eps=norm_eps, bias=bias)
         self.layer = ViLLayer(dim, bias=bias, **layer_kwargs)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
+    def _runs_in_segments(self, x: torch.Tensor) -> bool:
+        return (
+            bool(self.segment_len)
+            and x.shape[1] > self.segment_len
+            and not torch.is_grad_enabled()
+            and self.layer.mlstm_backend != "parallel"
+            and not (self.training and isinstance(self.drop_path, DropPath))  # one draw per sample
+        )
+
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        if self._runs_in_segments(x):
+            return self._forward_segments(x, grid[1])
         return x + self.drop_path(self.layer(self.norm(x), grid))
+
+    def _forward_segments(self, x: torch.Tensor, cols: int) -> torch.Tensor:
+        seq_len = x.shape[1]
+        step = max(1, self.segment_len // cols) * cols
+        before, after = self.layer.conv.context(cols)
+        out = torch.empty_like(x)
+        state = None
+        for start in range(0, seq_len, step):
+            end = min(seq_len, start + step)
+            lo, hi = max(0, start - before), min(seq_len, end + after)
+            y, state = self.layer.forward_segment(self.norm(x[:, lo:hi]), cols, (start - lo, hi - end), state)
+            torch.add(x[:, start:end], y, out=out[:, start:end])
+        return out
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -332,6 +417,7 @@ class VisionLSTM(nn.Module):
         scan: str = "row",
         mlstm_backend: str = "chunkwise",
         chunk_size: int = 64,
+        segment_len: int | None = 512,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         dynamic_img_pad: bool = False,
@@ -350,6 +436,9 @@ class VisionLSTM(nn.Module):
             scan: ``"row"`` (alternate forward / backward over row-major tokens, the paper), ``"column"``
                 (the same over column-major tokens) or ``"quad"`` (cycle through all four).
             mlstm_backend, chunk_size: see :func:`vil_seg.mlstm.mlstm`.
+            segment_len: without autograd, blocks run over segments of about this many tokens (whole
+                scan rows) carrying the mLSTM state: the same outputs with a working set that does not grow
+                with the image. ``None`` runs whole sequences.
             dynamic_img_pad: pad inputs bottom/right to a multiple of the patch size instead of raising.
         """
         super().__init__()
@@ -391,6 +480,7 @@ class VisionLSTM(nn.Module):
                 conv_kernel_size=conv_kernel_size,
                 mlstm_backend=mlstm_backend,
                 chunk_size=chunk_size,
+                segment_len=segment_len,
             )
             for i in range(depth)
         )

@@ -7,7 +7,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from vil_seg.vision_lstm import checkpoint_filter_fn
+from vil_seg.vision_lstm import HeadwiseLinear, checkpoint_filter_fn
 
 from .conftest import rel_err
 
@@ -120,6 +120,33 @@ def test_segmented_inference_equals_whole_sequences(name, segment_len, segments_
     assert len(calls) == segments_per_forward
     for i, (a, b) in enumerate(zip(segmented, whole, strict=True)):
         assert rel_err(a, b.detach()) <= 1e-6, f"block {i}"
+
+
+@pytest.mark.parametrize(("dim", "num_heads", "bias"), [(768, 4, False), (128, 4, True), (24, 4, False)])
+def test_headwise_head_layout_and_folding_equal_the_block_product(dim, num_heads, bias):
+    """to_heads (grouped dense matmuls; dim 24 / 4 heads takes the fallback) and fold_into give the
+    block-diagonal product, in values and gradients (float64)."""
+    torch.manual_seed(0)
+    proj = HeadwiseLinear(dim, 4, bias=bias).double()
+    torch.nn.init.normal_(proj.weight)
+    if bias:
+        torch.nn.init.normal_(proj.bias)
+    x = torch.randn(2, 7, dim, dtype=torch.float64, requires_grad=True)
+    blocks = torch.block_diag(*proj.weight)  # (dim, dim) in (out, in)
+    expected = x @ blocks.T + (proj.bias if bias else 0)
+    head_dim = dim // num_heads
+    heads = proj.to_heads(x, num_heads)
+    assert heads.shape == (2, num_heads, 7, head_dim) and heads.is_contiguous()
+    torch.testing.assert_close(heads, expected.view(2, 7, num_heads, head_dim).transpose(1, 2))
+    upstream = torch.randn(2, num_heads, 7, head_dim, dtype=torch.float64)
+    grads = torch.autograd.grad((heads * upstream).sum(), (x, proj.weight))
+    ref_grads = torch.autograd.grad(
+        (expected.view(2, 7, num_heads, head_dim).transpose(1, 2) * upstream).sum(), (x, proj.weight)
+    )
+    for grad, ref in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(grad, ref)
+    after = torch.randn(3, dim, dtype=torch.float64)
+    torch.testing.assert_close(proj.fold_into(after), after @ blocks)
 
 
 def test_wrong_channel_count_is_named():

@@ -258,19 +258,19 @@ def _chunkwise(q, k, v, igate, fgate, key_scale, chunk_size, eps, state, return_
     m_enter = torch.stack(m_enter, dim=-1)  # (B, NH, ends + 1)
 
     # The states entering chunks 1..ends (scaled by exp(-m)): with E_c the state entering chunk c,
-    # E_{c+1} = carry_c * E_c + (chunk c's k^T v), an in-place scan over the chunk contributions. An
-    # initial state is E_0, put in front; without one E_0 = 0 and chunk 0 needs no state.
+    # E_{c+1} = carry_c * E_c + (chunk c's k^T v), an in-place scan over the chunk contributions. E_0 is
+    # the initial state (zero without one), added into the first contribution.
     m_next = m_enter[..., 1:, None]
     log_scale = math.log(key_scale)
     k_state = k[:, :, :ends] * torch.exp(log_w[:, :, :ends] - (m_next - log_scale))[..., None]
     states = (k_state.transpose(-1, -2) @ v[:, :, :ends]).to(m_enter.dtype)  # (B, NH, ends, DH, DHV+1)
     carry = torch.exp(chunk_log_f[..., :ends] + m_enter[..., :-1] - m_enter[..., 1:])  # (B, NH, ends)
+    initial = None
     if state is not None:
-        entering = torch.cat([state.c, state.n[..., None]], dim=-1).to(states.dtype)
-        states = torch.cat([entering[:, :, None], states], dim=2)  # E_0 .. E_ends
-        carry = F.pad(carry, (1, 0))  # the scan's first decay is unused
+        initial = torch.cat([state.c, state.n[..., None]], dim=-1).to(states.dtype)  # E_0
+        if ends:
+            states[:, :, 0] += carry[:, :, 0, None, None] * initial
     states = _DecayedScan.apply(states, carry)
-    first = 0 if state is not None else 1  # the first chunk with a state entering it
 
     # Outputs: the causal parallel form inside each chunk, plus the state entering it.
     log_d = _causal_log_decay(cum_log_f, igate)  # (B, NH, NC, L, L)
@@ -278,14 +278,11 @@ def _chunkwise(q, k, v, igate, fgate, key_scale, chunk_size, eps, state, return_
     m_out = torch.maximum(log_state, log_d.amax(-1))
     intra = (q @ k.transpose(-1, -2)) * torch.exp(log_d - (m_out[..., None] - log_scale))
     out = intra @ v
-    if num_chunks > first:
-        # out += (q * scale) @ entering, accumulated in place by one baddbmm per sequence and head
-        scale = torch.exp(log_state[:, :, first:] - m_out[:, :, first:])[..., None]
-        q_scaled = (q[:, :, first:] * scale).flatten(0, 1).to(out.dtype)  # out is bf16 under autocast
-        entering = states[:, :, : num_chunks - first].flatten(0, 1).to(out.dtype)
-        target = out.flatten(0, 1)[:, first:]
-        for i in range(batch * heads):
-            target[i].baddbmm_(q_scaled[i], entering[i])
+    state_weight = torch.exp(log_state - m_out)[..., None]  # (B, NH, NC, L, 1)
+    if initial is not None:
+        out[:, :, 0] += (q[:, :, 0] * state_weight[:, :, 0]) @ initial.to(q.dtype)
+    if num_chunks > 1:
+        out[:, :, 1:] += (q[:, :, 1:] * state_weight[:, :, 1:]) @ states[:, :, : num_chunks - 1].to(q.dtype)
     numerator, denominator = out[..., :value_dim], out[..., value_dim:]
     h = numerator / (torch.maximum(denominator.abs(), torch.exp(-m_out)[..., None]) + eps)
     h = h.reshape(batch, heads, num_chunks * chunk, value_dim)[:, :, :seq_len]

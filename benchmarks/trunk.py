@@ -2,10 +2,15 @@
 
     python benchmarks/trunk.py            # full run (under 10 minutes on 2 CPU cores)
     python benchmarks/trunk.py --quick    # small sizes only, a smoke run
-    python benchmarks/trunk.py --goals    # the performance goals: 512-2048, training step, 2048 SegLSTM tile
+    python benchmarks/trunk.py --goals    # the performance goals: 512-2048, training step, 2048 SegLSTM tile,
+                                          # and where the time goes at 512x512 (torch.profiler)
+    python benchmarks/trunk.py --goals --malloc tuned   # the same with glibc's malloc tuned (see below)
 
 Every measurement runs in a fresh subprocess, so that one configuration's allocations cannot flatter or
-hurt the next. Time is the minimum over up to 3 calls after one warm-up call; memory is the growth of the
+hurt the next. ``--malloc tuned`` starts those subprocesses with ``MALLOC_MMAP_THRESHOLD_=33554432
+MALLOC_TRIM_THRESHOLD_=1073741824`` (what ``vil-seg``'s CLI sets with mallopt), for ViL and ViT alike.
+
+Time is the minimum over up to 3 calls after one warm-up call; memory is the growth of the
 process's peak resident set size over its value just before the measured calls (inputs and model already
 built), so it counts the activations and temporaries of the call, not the weights.
 """
@@ -25,7 +30,15 @@ import time
 
 MLSTM_HEADS, MLSTM_HEAD_DIM = 4, 192  # ViL-S: inner width 768 in 4 heads
 MLSTM_LIMITS = {"chunkwise": 16384, "parallel": 4096, "recurrent": 1024}
-TRUNK_LIMITS = {"vil_small chunkwise": 1024, "vil_small parallel": 512, "vit_small": 1024}
+# column -> (largest input side, model settings); vil_small runs inference over segments of 512 tokens
+TRUNK_COLUMNS = {
+    "vil_small": (1024, dict(model="vil_small", backend="chunkwise")),
+    "vil_small whole": (1024, dict(model="vil_small", backend="chunkwise", segment_len=None)),
+    "vil_small parallel": (512, dict(model="vil_small", backend="parallel")),
+    "vit_small": (1024, dict(model="vit_small")),
+}
+MALLOC_TUNED = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
+MATMUL_OPS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::addbmm", "aten::mkldnn_linear")
 REPEATS, TIME_BUDGET_S = 3, 10.0  # timed calls per measurement: up to 3, fewer once 10 s are spent
 
 
@@ -72,7 +85,8 @@ def _build(spec: dict):
     if spec["model"] == "vit_small":
         model = timm.create_model("vit_small_patch16_224", dynamic_img_size=True, num_classes=0)
     else:
-        model = timm.create_model("vil_small", num_classes=0, mlstm_backend=spec["backend"])
+        settings = {"segment_len": spec["segment_len"]} if "segment_len" in spec else {}
+        model = timm.create_model("vil_small", num_classes=0, mlstm_backend=spec["backend"], **settings)
     image = torch.randn(spec.get("batch", 1), 3, size, size)
     if spec["kind"] == "train":  # one training step's forward + backward (no optimizer)
         model.train()
@@ -90,11 +104,27 @@ def _build(spec: dict):
     return run
 
 
+def _profile_matmuls(run) -> dict:
+    """One profiled call: its total self CPU time and the part spent in matrix products."""
+    from torch.profiler import profile
+
+    with profile() as prof:
+        run()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) / 1e6
+    matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS) / 1e6
+    return {"profiled_s": total, "matmul_s": matmul}
+
+
 def _child(spec: dict) -> None:
     import torch
 
     torch.set_num_threads(spec["threads"])
     run = _build(spec)
+    if spec.get("profile"):
+        run()
+        print(json.dumps(_profile_matmuls(run)))
+        return
     before = _peak_rss_mb()
     run()  # warm-up: first-touch page faults and one-time library set-up are not the steady state
     times: list[float] = []
@@ -109,17 +139,25 @@ def _child(spec: dict) -> None:
 
 
 def _measure(spec: dict) -> dict:
+    env = {**os.environ, **(MALLOC_TUNED if spec.get("malloc") == "tuned" else {})}
     result = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, check=False
+        [sys.executable, __file__, "--child", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
     )
     if result.returncode != 0:
         raise RuntimeError(f"measurement {spec} failed:\n{result.stderr[-2000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _machine(threads: int) -> str:
+def _machine(threads: int, malloc: str) -> str:
     import torch
 
+    malloc_text = "default"
+    if malloc == "tuned":
+        malloc_text = "tuned (" + " ".join(f"{k}={v}" for k, v in MALLOC_TUNED.items()) + ")"
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -128,7 +166,7 @@ def _machine(threads: int) -> str:
         pass
     return (
         f"{cpu}, {os.cpu_count()} logical cores, {threads} torch threads, torch {torch.__version__}, "
-        f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
+        f"Python {platform.python_version()}, {platform.system()} {platform.release()}, malloc: {malloc_text}"
     )
 
 
@@ -138,7 +176,7 @@ def _cell(result: dict | None) -> str:
     return f"{result['time_s']:.3f} s / {result['peak_mb']:.0f} MB"
 
 
-def bench_mlstm(sizes: list[int], threads: int) -> None:
+def bench_mlstm(sizes: list[int], common: dict) -> None:
     print("\n## mLSTM cell (B=1, NH=4, DH=192, float32): time / peak memory growth\n")
     backends = list(MLSTM_LIMITS)
     header = ["S", "mode", *backends, "parallel / chunkwise time", "chunkwise time exponent"]
@@ -152,7 +190,7 @@ def bench_mlstm(sizes: list[int], threads: int) -> None:
                 if size > MLSTM_LIMITS[backend]:
                     row[backend] = None
                     continue
-                spec = dict(kind="mlstm", backend=backend, size=size, backward=backward, threads=threads)
+                spec = dict(kind="mlstm", backend=backend, size=size, backward=backward, **common)
                 row[backend] = _measure(spec)
             chunk, par = row["chunkwise"], row["parallel"]
             ratio = f"{par['time_s'] / chunk['time_s']:.1f}x" if par else "-"
@@ -165,48 +203,74 @@ def bench_mlstm(sizes: list[int], threads: int) -> None:
             print("| " + " | ".join(cells) + " |", flush=True)
 
 
-def bench_trunk(sizes: list[int], threads: int) -> None:
+def bench_trunk(sizes: list[int], common: dict) -> None:
     print("\n## Encoder forward (batch 1, float32, inference mode): time / peak memory growth\n")
-    columns = list(TRUNK_LIMITS)
-    header = ["input", *columns, "ViL chunkwise / ViT-S time", "ViL parallel / chunkwise time"]
+    print(
+        "vil_small: chunkwise mLSTM, blocks run over segments of 512 tokens (the default); vil_small whole: "
+        "the same over whole sequences; vil_small parallel: the original's quadratic form.\n"
+    )
+    columns = list(TRUNK_COLUMNS)
+    header = [
+        "input",
+        *columns,
+        "vil_small / ViT-S time",
+        "whole / segmented time",
+        "parallel / vil_small time",
+    ]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    chunk_times = {}
+    times = {}
     for size in sizes:
         row = {}
-        for column in columns:
-            if size > TRUNK_LIMITS[column]:
-                row[column] = None
-                continue
-            model, _, backend = column.partition(" ")
-            spec = dict(kind="trunk", model=model, backend=backend or None, size=size, threads=threads)
-            row[column] = _measure(spec)
-        chunk, vit, par = row["vil_small chunkwise"], row["vit_small"], row["vil_small parallel"]
-        chunk_times[size] = chunk["time_s"]
-        vs_vit = f"{chunk['time_s'] / vit['time_s']:.2f}x"
-        vs_par = f"{par['time_s'] / chunk['time_s']:.2f}x" if par else "-"
-        cells = [f"{size}x{size}", *(_cell(row[c]) for c in columns), vs_vit, vs_par]
+        for column, (limit, settings) in TRUNK_COLUMNS.items():
+            row[column] = (
+                _measure(dict(kind="trunk", size=size, **settings, **common)) if size <= limit else None
+            )
+        ours = row["vil_small"]
+        times[size] = ours["time_s"]
+
+        def ratio(a, b):
+            return f"{a['time_s'] / b['time_s']:.2f}x" if a and b else "-"
+
+        cells = [
+            f"{size}x{size}",
+            *(_cell(row[c]) for c in columns),
+            ratio(ours, row["vit_small"]),
+            ratio(row["vil_small whole"], ours),
+            ratio(row["vil_small parallel"], ours),
+        ]
         print("| " + " | ".join(cells) + " |", flush=True)
     for small, large in itertools.pairwise(sizes):
-        growth = chunk_times[large] / chunk_times[small]
+        growth = times[large] / times[small]
         print(
-            f"\nViL chunkwise time({large}^2) / time({small}^2) = {growth:.2f} "
+            f"\nvil_small time({large}^2) / time({small}^2) = {growth:.2f} "
             f"for {(large / small) ** 2:.0f}x pixels"
         )
 
 
-def bench_goals(threads: int) -> None:
-    """The performance issue's remaining measurements: training step, and one 2048x2048 SegLSTM tile."""
+def bench_goals(common: dict) -> None:
+    """The performance issue's remaining measurements: training step, one 2048x2048 SegLSTM tile, and
+    where the forward's time goes."""
     print("\n## Training step (forward + backward, batch 2, 512x512, float32)\n")
-    vil = _measure(
-        dict(kind="train", model="vil_small", backend="chunkwise", size=512, batch=2, threads=threads)
-    )
-    vit = _measure(dict(kind="train", model="vit_small", backend=None, size=512, batch=2, threads=threads))
+    vil = _measure(dict(kind="train", model="vil_small", backend="chunkwise", size=512, batch=2, **common))
+    vit = _measure(dict(kind="train", model="vit_small", size=512, batch=2, **common))
     print("| vil_small | ViT-S/16 | ViL / ViT-S |\n|---|---|---|")
     print(f"| {_cell(vil)} | {_cell(vit)} | {vil['time_s'] / vit['time_s']:.2f}x |")
     print("\n## SegLSTM (UPerNet, vil_small) inference on one 2048x2048 tile\n")
-    tile = _measure(dict(kind="seglstm", size=2048, threads=threads))
+    tile = _measure(dict(kind="seglstm", size=2048, **common))
     print(f"{_cell(tile)}", flush=True)
+    print("\n## Where the forward's time goes (512x512, one call under torch.profiler, self CPU time)\n")
+    print("| model | profiled | in matrix products | share |\n|---|---|---|---|")
+    profiles = {}
+    for name, settings in (
+        ("vil_small", TRUNK_COLUMNS["vil_small"][1]),
+        ("vit_small", TRUNK_COLUMNS["vit_small"][1]),
+    ):
+        profiles[name] = prof = _measure(dict(kind="trunk", size=512, profile=True, **settings, **common))
+        share = prof["matmul_s"] / prof["profiled_s"]
+        print(f"| {name} | {prof['profiled_s']:.3f} s | {prof['matmul_s']:.3f} s | {share:.0%} |")
+    floor = profiles["vil_small"]["matmul_s"] / profiles["vit_small"]["profiled_s"]
+    print(f"\nvil_small's matrix products alone / ViT-S's whole profiled forward: {floor:.2f}x", flush=True)
 
 
 def main() -> None:
@@ -216,19 +280,24 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes only")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
     parser.add_argument("--goals", action="store_true", help="also 2048x2048, training step, SegLSTM tile")
+    parser.add_argument(
+        "--malloc", choices=("default", "tuned"), default="default", help="glibc malloc settings of the runs"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         _child(json.loads(args.child))
         return
-    print(f"# vil-seg trunk benchmark\n\nmachine: {_machine(args.threads)}")
+    print(f"# vil-seg trunk benchmark\n\nmachine: {_machine(args.threads, args.malloc)}")
+    common = dict(threads=args.threads, malloc=args.malloc)
     if args.goals:
-        TRUNK_LIMITS.update({"vil_small chunkwise": 2048, "vit_small": 2048})
-        bench_trunk([512, 1024, 2048], args.threads)
-        bench_goals(args.threads)
+        for column in ("vil_small", "vil_small whole", "vit_small"):
+            TRUNK_COLUMNS[column] = (2048, TRUNK_COLUMNS[column][1])
+        bench_trunk([512, 1024, 2048], common)
+        bench_goals(common)
         return
-    bench_mlstm([256, 1024] if args.quick else [256, 1024, 4096, 16384], args.threads)
-    bench_trunk([224] if args.quick else [224, 512, 1024], args.threads)
+    bench_mlstm([256, 1024] if args.quick else [256, 1024, 4096, 16384], common)
+    bench_trunk([224] if args.quick else [224, 512, 1024], common)
 
 
 if __name__ == "__main__":

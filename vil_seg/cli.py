@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .malloc import tune_glibc_malloc
 from .recipes import PAPER_RECIPE
 
 __all__ = ["main"]
@@ -204,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    tune_glibc_malloc()  # page faults on every reused temporary otherwise; see malloc.py
     try:
         args.run(args)
     except (ValueError, RuntimeError, KeyError, FileNotFoundError, FileExistsError) as err:

@@ -33,7 +33,7 @@ MLSTM_LIMITS = {"chunkwise": 16384, "parallel": 4096, "recurrent": 1024}
 # column -> (largest input side, model settings); vil_small runs inference over segments of 512 tokens
 TRUNK_COLUMNS = {
     "vil_small": (1024, dict(model="vil_small", backend="chunkwise")),
-    "vil_small whole": (1024, dict(model="vil_small", backend="chunkwise", segment_len=None)),
+    "vil_small whole": (1024, dict(model="vil_small", backend="chunkwise", segment_len=0)),
     "vil_small parallel": (512, dict(model="vil_small", backend="parallel")),
     "vit_small": (1024, dict(model="vit_small")),
 }

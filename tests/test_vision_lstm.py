@@ -120,6 +120,10 @@ def test_segmented_inference_equals_whole_sequences(name, segment_len, segments_
     assert len(calls) == segments_per_forward
     for i, (a, b) in enumerate(zip(segmented, whole, strict=True)):
         assert rel_err(a, b.detach()) <= 1e-6, f"block {i}"
+    unsegmented = timm.create_model(name, scan="quad", depth=4, embed_dim=64, chunk_size=8, segment_len=0)
+    with torch.no_grad():
+        unsegmented.eval().forward_features(x)
+    assert len(calls) == segments_per_forward
 
 
 @pytest.mark.parametrize(("dim", "num_heads", "bias"), [(768, 4, False), (128, 4, True), (24, 4, False)])
@@ -171,6 +175,7 @@ def test_size_not_divisible_names_patch_size():
         (dict(global_pool="max"), "unknown global_pool"),
         (dict(mlstm_backend="triton-ish"), "unknown mlstm_backend"),
         (dict(conv_kind="3d"), "unknown conv_kind"),
+        (dict(segment_len=-1), "segment_len must be a non-negative int"),
     ],
 )
 def test_bad_constructor_options(kwargs, message):

@@ -377,7 +377,7 @@ class ViLBlock(nn.Module):
         drop_path: float = 0.0,
         bias: bool = False,
         norm_eps: float = 1e-5,
-        segment_len: int | None = 512,
+        segment_len: int = 512,
         **layer_kwargs,
     ):
         super().__init__()
@@ -389,8 +389,7 @@ class ViLBlock(nn.Module):
 
     def _runs_in_segments(self, x: torch.Tensor) -> bool:
         return (
-            bool(self.segment_len)
-            and x.shape[1] > self.segment_len
+            0 < self.segment_len < x.shape[1]
             and not torch.is_grad_enabled()
             and self.layer.mlstm_backend != "parallel"
             and not (self.training and isinstance(self.drop_path, DropPath))  # one draw per sample
@@ -446,7 +445,7 @@ class VisionLSTM(nn.Module):
         scan: str = "row",
         mlstm_backend: str = "chunkwise",
         chunk_size: int = 64,
-        segment_len: int | None = 512,
+        segment_len: int = 512,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         dynamic_img_pad: bool = False,
@@ -467,10 +466,14 @@ class VisionLSTM(nn.Module):
             mlstm_backend, chunk_size: see :func:`vil_seg.mlstm.mlstm`.
             segment_len: without autograd, blocks run over segments of about this many tokens (whole
                 scan rows) carrying the mLSTM state: the same outputs with a working set that does not grow
-                with the image. ``None`` runs whole sequences.
+                with the image. ``0`` runs whole sequences (timm's create_model drops ``None`` arguments).
             dynamic_img_pad: pad inputs bottom/right to a multiple of the patch size instead of raising.
         """
         super().__init__()
+        if not isinstance(segment_len, int) or segment_len < 0:
+            raise ValueError(
+                f"segment_len must be a non-negative int (0: whole sequences), got {segment_len!r}"
+            )
         if scan not in SCANS:
             raise ValueError(f"unknown scan {scan!r}; expected one of {SCANS}")
         if global_pool not in _GLOBAL_POOLS:

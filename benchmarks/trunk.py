@@ -4,6 +4,7 @@
     python benchmarks/trunk.py --quick    # small sizes only, a smoke run
     python benchmarks/trunk.py --goals    # the performance goals: 512-2048, training step, 2048 SegLSTM tile,
                                           # and where the time goes at 512x512 (torch.profiler)
+    python benchmarks/trunk.py --breakdown  # only that last part: forward and training step, profiled
     python benchmarks/trunk.py --goals --malloc tuned   # the same with glibc's malloc tuned (see below)
 
 Every measurement runs in a fresh subprocess, so that one configuration's allocations cannot flatter or
@@ -259,18 +260,27 @@ def bench_goals(common: dict) -> None:
     print("\n## SegLSTM (UPerNet, vil_small) inference on one 2048x2048 tile\n")
     tile = _measure(dict(kind="seglstm", size=2048, **common))
     print(f"{_cell(tile)}", flush=True)
-    print("\n## Where the forward's time goes (512x512, one call under torch.profiler, self CPU time)\n")
-    print("| model | profiled | in matrix products | share |\n|---|---|---|---|")
-    profiles = {}
-    for name, settings in (
-        ("vil_small", TRUNK_COLUMNS["vil_small"][1]),
-        ("vit_small", TRUNK_COLUMNS["vit_small"][1]),
-    ):
-        profiles[name] = prof = _measure(dict(kind="trunk", size=512, profile=True, **settings, **common))
-        share = prof["matmul_s"] / prof["profiled_s"]
-        print(f"| {name} | {prof['profiled_s']:.3f} s | {prof['matmul_s']:.3f} s | {share:.0%} |")
-    floor = profiles["vil_small"]["matmul_s"] / profiles["vit_small"]["profiled_s"]
-    print(f"\nvil_small's matrix products alone / ViT-S's whole profiled forward: {floor:.2f}x", flush=True)
+    bench_breakdown(common)
+
+
+def bench_breakdown(common: dict) -> None:
+    """Where the time goes at 512x512: one call of each model under torch.profiler."""
+    print("\n## Where the time goes (512x512, one call under torch.profiler, self CPU time)\n")
+    print("| model | call | profiled | in matrix products (mm, bmm, addmm, baddbmm) | share |")
+    print("|---|---|---|---|---|")
+    floors = []
+    for call, kind, batch in (("forward, batch 1", "trunk", 1), ("training step, batch 2", "train", 2)):
+        profiles = {}
+        for name in ("vil_small", "vit_small"):
+            spec = dict(kind=kind, size=512, batch=batch, profile=True, **TRUNK_COLUMNS[name][1], **common)
+            profiles[name] = prof = _measure(spec)
+            share = prof["matmul_s"] / prof["profiled_s"]
+            print(
+                f"| {name} | {call} | {prof['profiled_s']:.3f} s | {prof['matmul_s']:.3f} s | {share:.0%} |"
+            )
+        floors.append((call, profiles["vil_small"]["matmul_s"] / profiles["vit_small"]["profiled_s"]))
+    for call, floor in floors:
+        print(f"\n{call}: vil_small's matrix products alone / ViT-S's whole profiled call = {floor:.2f}x")
 
 
 def main() -> None:
@@ -280,6 +290,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes only")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
     parser.add_argument("--goals", action="store_true", help="also 2048x2048, training step, SegLSTM tile")
+    parser.add_argument("--breakdown", action="store_true", help="only where the time goes at 512x512")
     parser.add_argument(
         "--malloc", choices=("default", "tuned"), default="default", help="glibc malloc settings of the runs"
     )
@@ -290,6 +301,9 @@ def main() -> None:
         return
     print(f"# vil-seg trunk benchmark\n\nmachine: {_machine(args.threads, args.malloc)}")
     common = dict(threads=args.threads, malloc=args.malloc)
+    if args.breakdown:
+        bench_breakdown(common)
+        return
     if args.goals:
         for column in ("vil_small", "vil_small whole", "vit_small"):
             TRUNK_COLUMNS[column] = (2048, TRUNK_COLUMNS[column][1])

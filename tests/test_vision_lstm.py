@@ -91,7 +91,7 @@ def test_mlstm_backends_give_the_same_model(name):
     state = models["chunkwise"].state_dict()
     for model in models.values():
         model.load_state_dict(state)
-    x = _input((1, 3, 80, 96))  # 30 tokens: two chunks, the second one padded
+    x = _input((1, 3, 176, 192))  # 132 tokens: 9 chunks of 16, the last one padded
     with torch.no_grad():
         outs = {backend: model.forward_features(x) for backend, model in models.items()}
     assert rel_err(outs["chunkwise"], outs["parallel"]) <= 1e-5
@@ -99,14 +99,16 @@ def test_mlstm_backends_give_the_same_model(name):
 
 
 @pytest.mark.parametrize("name", ["vil_tiny", "vil2_tiny"])
-@pytest.mark.parametrize(("segment_len", "segments_per_forward"), [(20, 2 + 2 + 3 + 3), (3, 7 + 7 + 5 + 5)])
+@pytest.mark.parametrize(("segment_len", "segments_per_forward"), [(20, 8 + 8 + 9 + 9), (3, 15 + 15 + 9 + 9)])
 def test_segmented_inference_equals_whole_sequences(name, segment_len, segments_per_forward, monkeypatch):
-    """Inference over segments of whole scan rows (with the conv's context rows for v2, chunks that do not
-    align with the segments) gives the blocks' whole-sequence outputs, in every scan direction."""
+    """Inference over segments of whole scan rows (with the conv's context rows for v2) gives the blocks'
+    whole-sequence outputs, in every scan direction."""
     model = timm.create_model(
         name, scan="quad", depth=4, embed_dim=64, chunk_size=8, segment_len=segment_len
     ).eval()
-    x = _input((2, 3, 112, 80))  # a 7 x 5 patch grid: row scans of 7 rows of 5, column scans of 5 rows of 7
+    # a 15 x 9 patch grid: row scans of 15 rows of 9, column scans of 9 rows of 15; whole sequences of 135
+    # tokens run in 17 chunks of 8 (above DH + L = 40 tokens), segments of 18 or fewer in one chunk each
+    x = _input((2, 3, 240, 144))
     calls = []
     segment = type(model.blocks[0].layer).forward_segment
     monkeypatch.setattr(
@@ -151,6 +153,22 @@ def test_headwise_head_layout_and_folding_equal_the_block_product(dim, num_heads
         torch.testing.assert_close(grad, ref)
     after = torch.randn(3, dim, dtype=torch.float64)
     torch.testing.assert_close(proj.fold_into(after), after @ blocks)
+
+
+def test_short_sequences_run_as_one_chunk(monkeypatch):
+    """Up to DH + chunk_size tokens the layer asks for one chunk (the parallel form), beyond that chunks."""
+    from vil_seg import vision_lstm
+
+    chunk_sizes = []
+    real_mlstm = vision_lstm.mlstm
+    monkeypatch.setattr(
+        vision_lstm, "mlstm", lambda *a, **k: chunk_sizes.append(k["chunk_size"]) or real_mlstm(*a, **k)
+    )
+    model = timm.create_model("vil_tiny", depth=1, embed_dim=64, chunk_size=8, segment_len=0).eval()  # DH 32
+    with torch.no_grad():
+        model.forward_features(_input((1, 3, 80, 128)))  # 5 x 8 = 40 tokens
+        model.forward_features(_input((1, 3, 80, 144)))  # 5 x 9 = 45 tokens
+    assert chunk_sizes == [40, 8]
 
 
 def test_wrong_channel_count_is_named():

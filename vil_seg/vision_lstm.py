@@ -320,6 +320,10 @@ class ViLLayer(nn.Module):
     ) -> tuple[torch.Tensor, MLSTMState | None]:
         """The mLSTM cell, output gate and down-projection: three (B, S, E) -> (B, S, D), and the state."""
         igate, fgate = self._gates(x_conv, x_inner)
+        seq_len, head_dim = x_conv.shape[1], x_conv.shape[2] // self.num_heads
+        # Per token, chunks of L cost ~ (DH + L) DH multiply-adds, one chunk of S ~ S DH: up to S = DH + L
+        # one chunk (the parallel form) is the cheaper way to compute the same function.
+        chunk_size = seq_len if seq_len <= head_dim + self.chunk_size else self.chunk_size
         h = mlstm(
             self.q_proj.to_heads(x_conv, self.num_heads),
             self.k_proj.to_heads(x_conv, self.num_heads),
@@ -327,7 +331,7 @@ class ViLLayer(nn.Module):
             igate,
             fgate,
             backend=self.mlstm_backend,
-            chunk_size=self.chunk_size,
+            chunk_size=chunk_size,
             initial_state=state,
             return_state=return_state,
         )

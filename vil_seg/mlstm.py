@@ -252,25 +252,29 @@ def _chunkwise(q, k, v, igate, fgate, key_scale, chunk_size, eps, state, return_
     log_w = chunk_log_f[..., None] - cum_log_f + igate  # (B, NH, NC, L)
     log_w_max = log_w.amax(-1)
     m_enter = [q.new_full((batch, heads), -math.inf) if state is None else state.m]
-    ends = num_chunks if return_state else num_chunks - 1  # chunks whose end state is needed
-    for c in range(ends):
+    for c in range(num_chunks if return_state else num_chunks - 1):
         m_enter.append(torch.maximum(chunk_log_f[..., c] + m_enter[-1], log_w_max[..., c]))
-    m_enter = torch.stack(m_enter, dim=-1)  # (B, NH, ends + 1)
+    m_enter = torch.stack(m_enter, dim=-1)  # (B, NH, NC + 1) with return_state, else (B, NH, NC)
 
-    # The states entering chunks 1..ends (scaled by exp(-m)): with E_c the state entering chunk c,
+    # The states entering chunks 1..NC-1 (scaled by exp(-m)): with E_c the state entering chunk c,
     # E_{c+1} = carry_c * E_c + (chunk c's k^T v), an in-place scan over the chunk contributions. E_0 is
     # the initial state (zero without one), added into the first contribution.
-    m_next = m_enter[..., 1:, None]
     log_scale = math.log(key_scale)
-    k_state = k[:, :, :ends] * torch.exp(log_w[:, :, :ends] - (m_next - log_scale))[..., None]
-    states = (k_state.transpose(-1, -2) @ v[:, :, :ends]).to(m_enter.dtype)  # (B, NH, ends, DH, DHV+1)
-    carry = torch.exp(chunk_log_f[..., :ends] + m_enter[..., :-1] - m_enter[..., 1:])  # (B, NH, ends)
+    known = m_enter.shape[-1] - 1  # chunks whose end stabiliser is known: NC, or NC - 1 without return_state
+    carry = torch.exp(chunk_log_f[..., :known] + m_enter[..., :-1] - m_enter[..., 1:])  # (B, NH, known)
+
+    def contributions(chunks: slice) -> torch.Tensor:  # (B, NH, n, DH, DHV+1) for the chunks of the slice
+        m_next = m_enter[..., chunks.start + 1 : chunks.stop + 1, None]
+        k_state = k[:, :, chunks] * torch.exp(log_w[:, :, chunks] - (m_next - log_scale))[..., None]
+        return (k_state.transpose(-1, -2) @ v[:, :, chunks]).to(m_enter.dtype)
+
+    states = contributions(slice(0, num_chunks - 1))  # E_1 .. E_{NC-1} once scanned
     initial = None
     if state is not None:
         initial = torch.cat([state.c, state.n[..., None]], dim=-1).to(states.dtype)  # E_0
-        if ends:
+        if num_chunks > 1:
             states[:, :, 0] += carry[:, :, 0, None, None] * initial
-    states = _DecayedScan.apply(states, carry)
+    states = _DecayedScan.apply(states, carry[..., : num_chunks - 1])
 
     # Outputs: the causal parallel form inside each chunk, plus the state entering it.
     log_d = _causal_log_decay(cum_log_f, igate)  # (B, NH, NC, L, L)
@@ -282,11 +286,16 @@ def _chunkwise(q, k, v, igate, fgate, key_scale, chunk_size, eps, state, return_
     if initial is not None:
         out[:, :, 0] += (q[:, :, 0] * state_weight[:, :, 0]) @ initial.to(q.dtype)
     if num_chunks > 1:
-        out[:, :, 1:] += (q[:, :, 1:] * state_weight[:, :, 1:]) @ states[:, :, : num_chunks - 1].to(q.dtype)
+        out[:, :, 1:] += (q[:, :, 1:] * state_weight[:, :, 1:]) @ states.to(q.dtype)
     numerator, denominator = out[..., :value_dim], out[..., value_dim:]
     h = numerator / (torch.maximum(denominator.abs(), torch.exp(-m_out)[..., None]) + eps)
     h = h.reshape(batch, heads, num_chunks * chunk, value_dim)[:, :, :seq_len]
     if not return_state:
         return h, None
-    final = states[:, :, -1]
+    # E_NC from the last chunk's contribution and the state entering it, computed apart so that the scanned
+    # states above are used whole by the output products (a slice of them would be copied)
+    final = contributions(slice(num_chunks - 1, num_chunks))[:, :, 0]
+    entering_last = states[:, :, -1] if num_chunks > 1 else initial
+    if entering_last is not None:
+        final = final + carry[:, :, -1, None, None] * entering_last
     return h, MLSTMState(final[..., :value_dim], final[..., value_dim], m_enter[..., -1])

@@ -20,6 +20,7 @@ import math
 import os
 import re
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import huggingface_hub
 import torch
@@ -126,26 +127,32 @@ class HeadwiseLinear(nn.Module):
         y = torch.einsum("...hi,hoi->...ho", blocks, self.weight).flatten(-2)
         return y if self.bias is None else y + self.bias
 
-    def _dense_groups(self, group: int) -> torch.Tensor:
-        """The weight as ``dim // group`` dense ``(group, group)`` diagonal pieces, ``x @ W`` oriented."""
+    def head_pieces(self, head_dim: int) -> torch.Tensor | None:
+        """The weight as dense diagonal pieces of 32 channels (8 blocks of 4), ``x @ W`` oriented:
+        (dim // group, group, group). None where ``head_dim`` is not a multiple of the block size."""
         size = self.block_size
+        if head_dim % size:
+            return None
+        group = size * math.gcd(head_dim // size, 8)
         blocks = self.weight.view(-1, group // size, size, size)  # (groups, blocks per group, out, in)
         eye = torch.eye(group // size, dtype=blocks.dtype, device=blocks.device)
         return torch.einsum("gjoi,jk->gjiko", blocks, eye).reshape(-1, group, group)
 
-    def to_heads(self, x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    def to_heads(self, x: torch.Tensor, num_heads: int, pieces: torch.Tensor | None = None) -> torch.Tensor:
         """(B, S, dim) -> contiguous (B, num_heads, S, dim // num_heads).
 
         Computed as matmuls over groups of 32 channels with their block-diagonal piece of the weight
-        (8 blocks of 4: 8x the multiply-adds of the blocks, but one efficient matmul instead of a batch of
-        4x4 ones and its layout copies), then written once in the head layout.
+        (8x the multiply-adds of the 4x4 blocks, but one efficient matmul instead of a batch of 4x4 ones and
+        its layout copies), then written once in the head layout. ``pieces``: :meth:`head_pieces`, when
+        the caller reuses them over several calls.
         """
         batch, seq_len, dim = x.shape
         head_dim = dim // num_heads
-        if head_dim % self.block_size:
+        pieces = self.head_pieces(head_dim) if pieces is None else pieces
+        if pieces is None:
             return self(x).unflatten(-1, (num_heads, head_dim)).transpose(1, 2).contiguous()
-        group = self.block_size * math.gcd(head_dim // self.block_size, 8)
-        y = x.unflatten(-1, (dim // group, group)).transpose(1, 2) @ self._dense_groups(group)
+        group = pieces.shape[-1]
+        y = x.unflatten(-1, (dim // group, group)).transpose(1, 2) @ pieces
         y = y.view(batch, num_heads, head_dim // group, seq_len, group).transpose(2, 3)
         y = y.reshape(batch, num_heads, seq_len, head_dim)
         return y if self.bias is None else y + self.bias.view(num_heads, 1, head_dim)
@@ -225,6 +232,17 @@ class MultiHeadLayerNorm(nn.Module):
         return x if self.bias is None else x + self.bias
 
 
+class MixingWeights(NamedTuple):
+    """Weights of a ViL layer's mLSTM mixing in the form they are applied (see ViLLayer.mixing_weights)."""
+
+    q: torch.Tensor | None  # HeadwiseLinear.head_pieces of q_proj, k_proj, v_proj
+    k: torch.Tensor | None
+    v: torch.Tensor | None
+    gates_conv: torch.Tensor  # (2 NH, E): input and forget gates from x_conv
+    gates_inner: torch.Tensor  # (2 NH, E): ... and from x_inner
+    gates_bias: torch.Tensor  # (2 NH,)
+
+
 class ViLLayer(nn.Module):
     """The mLSTM layer of a ViL block: causal over the token sequence it is given.
 
@@ -280,21 +298,26 @@ class ViLLayer(nn.Module):
         nn.init.zeros_(self.igate.weight)
         nn.init.normal_(self.igate.bias, std=0.1)
 
-    def _gates(self, x_conv: torch.Tensor, x_inner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Input and forget gate pre-activations, two (B, NH, S), from (B, S, E) x_conv and x_inner.
-
-        The gates read the concatenation [q, k, v]; their weights are folded through the block-diagonal
-        q / k / v maps, so q, k and v are never concatenated or needed in the token-major layout.
-        """
+    def mixing_weights(self) -> MixingWeights:
+        """The weights of the mLSTM mixing as they are applied, derived once per call of the layer (or once
+        for all segments of a sequence): the q / k / v maps as dense pieces, and the gates, which read the
+        concatenation [q, k, v], with their weights folded through those maps, so that q, k and v are never
+        concatenated or needed in the token-major layout."""
+        head_dim = self.proj_down.in_features // self.num_heads
         weight = torch.cat([self.igate.weight, self.fgate.weight])  # (2 NH, 3E)
         bias = torch.cat([self.igate.bias, self.fgate.bias])
         w_q, w_k, w_v = weight.chunk(3, dim=1)
         for w, proj in ((w_q, self.q_proj), (w_k, self.k_proj), (w_v, self.v_proj)):
             if proj.bias is not None:
                 bias = bias + w @ proj.bias
-        w_conv = self.q_proj.fold_into(w_q) + self.k_proj.fold_into(w_k)
-        gates = F.linear(x_conv, w_conv, bias) + F.linear(x_inner, self.v_proj.fold_into(w_v))  # (B, S, 2NH)
-        return gates.transpose(1, 2).split(self.num_heads, dim=1)
+        return MixingWeights(
+            q=self.q_proj.head_pieces(head_dim),
+            k=self.k_proj.head_pieces(head_dim),
+            v=self.v_proj.head_pieces(head_dim),
+            gates_conv=self.q_proj.fold_into(w_q) + self.k_proj.fold_into(w_k),
+            gates_inner=self.v_proj.fold_into(w_v),
+            gates_bias=bias,
+        )
 
     def _expand(
         self, x: torch.Tensor, grid: tuple[int, int], context: tuple[int, int] = (0, 0)
@@ -315,19 +338,23 @@ class ViLLayer(nn.Module):
         x_inner: torch.Tensor,
         z: torch.Tensor,
         x_conv: torch.Tensor,
+        weights: MixingWeights,
         state: MLSTMState | None = None,
         return_state: bool = False,
     ) -> tuple[torch.Tensor, MLSTMState | None]:
         """The mLSTM cell, output gate and down-projection: three (B, S, E) -> (B, S, D), and the state."""
-        igate, fgate = self._gates(x_conv, x_inner)
+        gates = F.linear(x_conv, weights.gates_conv, weights.gates_bias) + F.linear(
+            x_inner, weights.gates_inner
+        )
+        igate, fgate = gates.transpose(1, 2).split(self.num_heads, dim=1)  # (B, S, 2NH) -> 2x (B, NH, S)
         seq_len, head_dim = x_conv.shape[1], x_conv.shape[2] // self.num_heads
         # Per token, chunks of L cost ~ (DH + L) DH multiply-adds, one chunk of S ~ S DH: up to S = DH + L
         # one chunk (the parallel form) is the cheaper way to compute the same function.
         chunk_size = seq_len if seq_len <= head_dim + self.chunk_size else self.chunk_size
         h = mlstm(
-            self.q_proj.to_heads(x_conv, self.num_heads),
-            self.k_proj.to_heads(x_conv, self.num_heads),
-            self.v_proj.to_heads(x_inner, self.num_heads),
+            self.q_proj.to_heads(x_conv, self.num_heads, weights.q),
+            self.k_proj.to_heads(x_conv, self.num_heads, weights.k),
+            self.v_proj.to_heads(x_inner, self.num_heads, weights.v),
             igate,
             fgate,
             backend=self.mlstm_backend,
@@ -341,7 +368,7 @@ class ViLLayer(nn.Module):
         return self.proj_down(h * F.silu(z)), state
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        return self._mix(*self._expand(x, grid))[0]
+        return self._mix(*self._expand(x, grid), self.mixing_weights())[0]
 
     def forward_segment(
         self,
@@ -349,6 +376,7 @@ class ViLLayer(nn.Module):
         cols: int,
         context: tuple[int, int] = (0, 0),
         state: MLSTMState | None = None,
+        weights: MixingWeights | None = None,
     ) -> tuple[torch.Tensor, MLSTMState]:
         """One segment of a longer sequence, continuing from the mLSTM ``state`` of the segments before it.
 
@@ -356,12 +384,14 @@ class ViLLayer(nn.Module):
             x: (B, S, D) tokens: the segment with ``context = (before, after)`` tokens around it, as
                 ``conv.context(cols)`` asks for (fewer at the ends of the sequence).
             cols: tokens per row of the scan grid; for a 2d conv the segment and its context are whole rows.
+            weights: :meth:`mixing_weights`, derived once for all segments (derived here if None).
 
         Returns:
             (B, S - before - after, D) outputs and the state after the segment.
         """
         grid = (x.shape[1] // cols, cols)
-        return self._mix(*self._expand(x, grid, context), state, return_state=True)
+        weights = self.mixing_weights() if weights is None else weights
+        return self._mix(*self._expand(x, grid, context), weights, state, return_state=True)
 
 
 class ViLBlock(nn.Module):
@@ -409,11 +439,12 @@ class ViLBlock(nn.Module):
         step = max(1, self.segment_len // cols) * cols
         before, after = self.layer.conv.context(cols)
         out = torch.empty_like(x)
-        state = None
+        state, weights = None, self.layer.mixing_weights()
         for start in range(0, seq_len, step):
             end = min(seq_len, start + step)
             lo, hi = max(0, start - before), min(seq_len, end + after)
-            y, state = self.layer.forward_segment(self.norm(x[:, lo:hi]), cols, (start - lo, hi - end), state)
+            context = (start - lo, hi - end)
+            y, state = self.layer.forward_segment(self.norm(x[:, lo:hi]), cols, context, state, weights)
             torch.add(x[:, start:end], y, out=out[:, start:end])
         return out
 

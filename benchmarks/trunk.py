@@ -29,6 +29,8 @@ import subprocess
 import sys
 import time
 
+from vil_seg.malloc import MMAP_THRESHOLD, TRIM_THRESHOLD
+
 MLSTM_HEADS, MLSTM_HEAD_DIM = 4, 192  # ViL-S: inner width 768 in 4 heads
 MLSTM_LIMITS = {"chunkwise": 16384, "parallel": 4096, "recurrent": 1024}
 # column -> (largest input side, model settings); vil_small runs inference over segments of 512 tokens
@@ -38,7 +40,8 @@ TRUNK_COLUMNS = {
     "vil_small parallel": (512, dict(model="vil_small", backend="parallel")),
     "vit_small": (1024, dict(model="vit_small")),
 }
-MALLOC_TUNED = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
+# the environment-variable form of vil_seg.malloc.tune_glibc_malloc, read by glibc when a process starts
+MALLOC_TUNED = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}
 MATMUL_OPS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::addbmm", "aten::mkldnn_linear")
 REPEATS, TIME_BUDGET_S = 3, 10.0  # timed calls per measurement: up to 3, fewer once 10 s are spent
 

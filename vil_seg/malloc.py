@@ -2,9 +2,9 @@
 
 By default glibc returns freed memory to the system once more than twice its (adaptive) mmap threshold is
 free at the top of the heap. A forward pass frees tens of megabytes of temporaries per block, so the next
-block gets fresh pages and pays a page fault for every 4 KiB of them: on the 2-core machine of
-``benchmarks/trunk.py`` about a fifth of vil_small's 512x512 forward. Serving blocks of up to 32 MiB from the
-heap and keeping up to 1 GiB of freed memory removes that; it is the same as starting Python with
+block gets fresh pages and pays a page fault for every 4 KiB of them. Serving blocks of up to 32 MiB from
+the heap and keeping up to 1 GiB of freed memory removes that (measured by ``benchmarks/trunk.py --malloc
+tuned``, see benchmarks/README.md); it is the same as starting Python with
 ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824``.
 
 The ``vil-seg`` command applies this when it starts. A library import never changes the process's

@@ -215,9 +215,11 @@ _CONVS = {"causal1d": CausalSequenceConv, "2d": GridSequenceConv}
 
 
 class MultiHeadLayerNorm(nn.Module):
-    """Per-head LayerNorm of the mLSTM output with one affine over all heads.
+    """Per-head LayerNorm of the mLSTM output with one affine over all heads, plus a (B, S, NH * DH) addend.
 
-    (B, S, NH, DH) -> (B, S, NH * DH).
+    (B, NH, S, DH) head-major (as the mLSTM returns it) -> (B, S, NH * DH) token-major. The norm runs on the
+    head-major layout; the affine and the addend are one multiply-add that writes token-major, so the
+    layout change costs no pass of its own.
     """
 
     def __init__(self, dim: int, eps: float = 1e-5, bias: bool = False):
@@ -226,10 +228,12 @@ class MultiHeadLayerNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.layer_norm(x, x.shape[-1:], eps=self.eps).flatten(2)
-        x = x * self.weight
-        return x if self.bias is None else x + self.bias
+    def forward(self, x: torch.Tensor, add: torch.Tensor) -> torch.Tensor:
+        normed = F.layer_norm(x, x.shape[-1:], eps=self.eps).transpose(1, 2)  # (B, S, NH, DH) view
+        heads = normed.shape[-2:]
+        base = (add if self.bias is None else add + self.bias).unflatten(-1, heads)
+        # the token-major addend comes first, so the output is written token-major
+        return torch.addcmul(base, normed, self.weight.view(heads)).flatten(2)
 
 
 class MixingWeights(NamedTuple):
@@ -364,7 +368,7 @@ class ViLLayer(nn.Module):
         )
         if return_state:
             h, state = h
-        h = self.outnorm(h.transpose(1, 2)) + self.learnable_skip * x_conv
+        h = self.outnorm(h, add=self.learnable_skip * x_conv)
         return self.proj_down(h * F.silu(z)), state
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

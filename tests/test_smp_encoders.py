@@ -95,7 +95,14 @@ def test_fpn_below_depth_5_with_a_real_stride2_level():
             encoder_depth=4,
             upsampling=2,
         )
-        assert model(_input()).shape == (2, 3, 128, 160)
+        x = _input()
+        assert model(x).shape == (2, 3, 128, 160)
+        encoder = model.encoder.eval()
+        with torch.no_grad():
+            stride2 = encoder(x)[1]
+            tap = encoder.model.forward_intermediates(x, indices=[5], intermediates_only=True)[0]
+        up8 = torch.nn.functional.interpolate(tap, scale_factor=8, mode="bilinear", align_corners=False)
+        torch.testing.assert_close(stride2, up8)  # the first stage's map, brought to stride 2
     finally:
         del smp.encoders.encoders["vil_tiny_s2_test"]
 
@@ -128,12 +135,19 @@ def test_output_stride(output_stride, strides):
 
 @pytest.mark.parametrize("depth", [3, 4, 5])
 def test_depth_prunes_unused_blocks(depth):
-    encoder = smp.encoders.get_encoder("vil_tiny", weights=None, depth=depth)
+    """A shallower encoder keeps only the blocks it taps, and its levels equal the full encoder's."""
+    encoder = smp.encoders.get_encoder("vil_tiny", weights=None, depth=depth).eval()
     assert len(encoder.model.blocks) == 6 * (depth - 1)
     assert isinstance(encoder.model.norm, torch.nn.Identity)
+    full = smp.encoders.get_encoder("vil_tiny", weights=None, depth=5).eval()
+    kept = encoder.model.state_dict()
+    full.model.load_state_dict({**full.model.state_dict(), **kept})  # the same weights in the shared blocks
+    x = _input((1, 3, 64, 64))
     with torch.no_grad():
-        features = encoder(_input((1, 3, 64, 64)))
+        features, full_features = encoder(x), full(x)
     assert len(features) == depth + 1
+    for ours, reference in zip(features[2:], full_features[2 : depth + 1], strict=True):
+        torch.testing.assert_close(ours, reference)
 
 
 def test_invalid_options():

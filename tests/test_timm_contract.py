@@ -155,10 +155,14 @@ def test_layer_decay_and_weight_decay_groups():
 @pytest.mark.parametrize("name", SMALL_NAMES)
 def test_any_size_without_rebuilding(name):
     model = timm.create_model(name, features_only=True, depth=4).eval()
+    first = _input((1, 3, 32, 32))
     with torch.no_grad():
-        for height, width in [(32, 32), (48, 128), (224, 64)]:
+        before = model(first)[-1]
+        for height, width in [(48, 128), (224, 64)]:
             feats = model(_input((1, 3, height, width)))
             assert feats[-1].shape == (1, 192, height // 16, width // 16)
+        after = model(first)[-1]
+    torch.testing.assert_close(after, before, rtol=0, atol=0)  # nothing of another size is kept
 
 
 def test_dynamic_img_pad_pads_bottom_right():

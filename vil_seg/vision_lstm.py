@@ -504,8 +504,9 @@ class VisionLSTM(nn.Module):
                 (the same over column-major tokens) or ``"quad"`` (cycle through all four).
             mlstm_backend, chunk_size: see :func:`vil_seg.mlstm.mlstm`.
             segment_len: without autograd, blocks run over segments of about this many tokens (whole
-                scan rows) carrying the mLSTM state: the same outputs with a working set that does not grow
-                with the image. ``0`` runs whole sequences (timm's create_model drops ``None`` arguments).
+                scan rows) carrying the mLSTM state: the same function (up to float rounding) with a
+                per-block working set that does not grow with the image. ``0`` runs whole sequences
+                (timm's create_model drops ``None`` arguments).
             dynamic_img_pad: pad inputs bottom/right to a multiple of the patch size instead of raising.
         """
         super().__init__()

@@ -180,7 +180,8 @@ class DepthwiseSeparableASPPHead(ASPPHead):
             _separable_cbr(channels + low_level_channels, channels),
             _separable_cbr(channels, channels),
         )
-        init_head_weights(self)
+        for part in (self.low_level, self.fuse):  # the ASPP was initialised by ASPPHead
+            init_head_weights(part)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         low = self.low_level(features[0])

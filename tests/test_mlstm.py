@@ -225,15 +225,41 @@ def test_bad_shapes():
         mlstm(q[0], k[0], v[0], igate[0], fgate[0])
 
 
-def test_decayed_scan_gradcheck():
-    from vil_seg.mlstm import _DecayedScan
+@pytest.mark.parametrize("with_initial", [False, True])
+@pytest.mark.parametrize("return_final", [False, True])
+@pytest.mark.parametrize("num_chunks", [1, 3])
+def test_chunkwise_cell_gradcheck(with_initial, return_final, num_chunks):
+    """The hand-written backward of the chunkwise cell against finite differences (float64), including the
+    normaliser's floor branch, the initial state's gradient and gradients arriving through the final state."""
+    from vil_seg.mlstm import _ChunkwiseCell
 
-    gen = torch.Generator().manual_seed(0)
-    inputs = torch.randn(2, 3, 5, 4, 3, generator=gen, dtype=torch.float64, requires_grad=True)
-    decay = torch.rand(2, 3, 5, generator=gen, dtype=torch.float64).requires_grad_()
-    assert torch.autograd.gradcheck(lambda x, d: _DecayedScan.apply(x.clone(), d), (inputs, decay))
-    scanned = _DecayedScan.apply(inputs.detach().clone(), decay.detach())
-    expected = [inputs[:, :, 0]]
-    for c in range(1, 5):
-        expected.append(decay[:, :, c, None, None] * expected[-1] + inputs[:, :, c])
-    torch.testing.assert_close(scanned, torch.stack(expected, dim=2), rtol=0, atol=1e-15)
+    gen = torch.Generator().manual_seed(num_chunks + 2 * with_initial + 4 * return_final)
+    batch, heads, chunk, head_dim, value_dim = 2, 2, 4, 3, 2
+
+    def rand(*shape, positive=False):
+        t = torch.rand(*shape, generator=gen, dtype=torch.float64)
+        return (t + 0.1 if positive else 2 * t - 1).requires_grad_()
+
+    q, k = rand(batch, heads, num_chunks, chunk, head_dim), rand(batch, heads, num_chunks, chunk, head_dim)
+    v = rand(batch, heads, num_chunks, chunk, value_dim + 1)
+    decay = torch.rand(batch, heads, num_chunks, chunk, chunk, generator=gen, dtype=torch.float64) + 0.1
+    decay = decay.tril().requires_grad_()
+    key_weight, state_weight = (rand(batch, heads, num_chunks, chunk, positive=True) for _ in range(2))
+    carry = rand(batch, heads, num_chunks, positive=True)
+    # exp(-m_out) from about 0.05 to 20: some normalisers take the floor, most the |denominator|
+    m_out = (
+        torch.randn(batch, heads, num_chunks, chunk, generator=gen, dtype=torch.float64) * 1.5
+    ).requires_grad_()
+    initial = rand(batch, heads, head_dim, value_dim + 1) if with_initial else None
+    inputs = (q, k, v, decay, key_weight, state_weight, carry, m_out) + ((initial,) if with_initial else ())
+
+    def cell(*args):
+        h, final = _ChunkwiseCell.apply(*args[:8], args[8] if with_initial else None, 1e-6, return_final)
+        return (h, final) if return_final else h
+
+    h = cell(*inputs)
+    h = h[0] if return_final else h
+    # both branches of max(|denominator|, exp(-m_out)) occur: m_out gets a gradient only where the floor won
+    grad_m_out = torch.autograd.grad(h.sum(), m_out)[0]
+    assert (grad_m_out != 0).any() and (grad_m_out == 0).any()
+    assert torch.autograd.gradcheck(cell, inputs)

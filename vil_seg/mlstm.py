@@ -194,36 +194,19 @@ def _recurrent(q, k, v, igate, fgate, eps, state):
     return torch.stack(outputs, dim=2), MLSTMState(c_state, n_state, m_state)
 
 
-class _DecayedScan(torch.autograd.Function):
-    """An inclusive decayed scan, in place: ``x[:, :, c] += decay[:, :, c] * x[:, :, c - 1]`` for c >= 1.
+def _per_sequence_bmm(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: bool = False) -> None:
+    """``out[i, j] (+)= a[i, j] @ b[i, j]``: one batched product over the chunks of each (batch, head).
 
-    x (B, NH, N, X, Y) is overwritten by the scan (no buffer, no allocation per step); decay (B, NH, N), whose
-    first entry is unused. The backward is the reverse scan, also in place.
+    ``a``, ``b`` and ``out`` are (B, NH, N, ., .). Any of them may be a slice along N of a larger tensor: a
+    slice of one sequence's chunks is a plain strided batch, where a flattened batch of such slices would
+    be copied first.
     """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
-        decay_b = decay[..., None, None]
-        for c in range(1, x.shape[2]):
-            x[:, :, c].addcmul_(x[:, :, c - 1], decay_b[:, :, c])
-        ctx.mark_dirty(x)
-        ctx.save_for_backward(x, decay)
-        return x
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scanned, decay = ctx.saved_tensors
-        # total[c] = dL/dx[c] through every later step: total[c] = grad[c] + decay[c + 1] * total[c + 1]
-        total = grad.clone(memory_format=torch.contiguous_format)
-        decay_b = decay[..., None, None]
-        for c in range(total.shape[2] - 2, -1, -1):
-            total[:, :, c].addcmul_(total[:, :, c + 1], decay_b[:, :, c + 1])
-        grad_decay = torch.zeros_like(decay)
-        grad_decay[:, :, 1:] = torch.linalg.vecdot(
-            total[:, :, 1:].flatten(-2), scanned[:, :, :-1].flatten(-2)
-        )
-        return total, grad_decay
+    for i in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            if accumulate:
+                out[i, j].baddbmm_(a[i, j], b[i, j])
+            else:
+                torch.bmm(a[i, j], b[i, j], out=out[i, j])
 
 
 def _chunkwise(q, k, v, igate, fgate, key_scale, chunk_size, eps, state, return_state):
@@ -245,57 +228,179 @@ def _chunkwise(q, k, v, igate, fgate, key_scale, chunk_size, eps, state, return_
     igate = igate.view(batch, heads, num_chunks, chunk)
     cum_log_f = F.logsigmoid(fgate).view(batch, heads, num_chunks, chunk).cumsum(-1)
 
-    # Stabilisers of the states entering each chunk: m_0 = -inf (or the initial state's), m_{c+1} =
-    # max(g_c + m_c, max_t log_w), with g_c the chunk's total log forget and log_w the log weight of each
-    # token in the chunk-end state. With return_state, m_NC is the final state's.
+    # The gate algebra, on (B, NH, NC, L) and (B, NH, NC, L, L) tensors (autograd differentiates it).
+    # Stabilisers of the states entering each chunk, then of the final state: m_0 = -inf (or the initial
+    # state's), m_{c+1} = max(g_c + m_c, max_t log_w), with g_c the chunk's total log forget and log_w the
+    # log weight of each token in the chunk-end state.
     chunk_log_f = cum_log_f[..., -1]  # (B, NH, NC)
     log_w = chunk_log_f[..., None] - cum_log_f + igate  # (B, NH, NC, L)
     log_w_max = log_w.amax(-1)
     m_enter = [q.new_full((batch, heads), -math.inf) if state is None else state.m]
-    for c in range(num_chunks if return_state else num_chunks - 1):
+    for c in range(num_chunks):
         m_enter.append(torch.maximum(chunk_log_f[..., c] + m_enter[-1], log_w_max[..., c]))
-    m_enter = torch.stack(m_enter, dim=-1)  # (B, NH, NC + 1) with return_state, else (B, NH, NC)
-
-    # The states entering chunks 1..NC-1 (scaled by exp(-m)): with E_c the state entering chunk c,
-    # E_{c+1} = carry_c * E_c + (chunk c's k^T v), an in-place scan over the chunk contributions. E_0 is
-    # the initial state (zero without one), added into the first contribution.
-    log_scale = math.log(key_scale)
-    known = m_enter.shape[-1] - 1  # chunks whose end stabiliser is known: NC, or NC - 1 without return_state
-    carry = torch.exp(chunk_log_f[..., :known] + m_enter[..., :-1] - m_enter[..., 1:])  # (B, NH, known)
-
-    def contributions(chunks: slice) -> torch.Tensor:  # (B, NH, n, DH, DHV+1) for the chunks of the slice
-        m_next = m_enter[..., chunks.start + 1 : chunks.stop + 1, None]
-        k_state = k[:, :, chunks] * torch.exp(log_w[:, :, chunks] - (m_next - log_scale))[..., None]
-        return (k_state.transpose(-1, -2) @ v[:, :, chunks]).to(m_enter.dtype)
-
-    states = contributions(slice(0, num_chunks - 1))  # E_1 .. E_{NC-1} once scanned
-    initial = None
-    if state is not None:
-        initial = torch.cat([state.c, state.n[..., None]], dim=-1).to(states.dtype)  # E_0
-        if num_chunks > 1:
-            states[:, :, 0] += carry[:, :, 0, None, None] * initial
-    states = _DecayedScan.apply(states, carry[..., : num_chunks - 1])
-
-    # Outputs: the causal parallel form inside each chunk, plus the state entering it.
+    m_enter = torch.stack(m_enter, dim=-1)  # (B, NH, NC + 1)
+    m_next = m_enter[..., 1:]
+    log_scale = math.log(key_scale)  # the key scale rides on the decay factors: no pass over k
+    carry = torch.exp(chunk_log_f + m_enter[..., :-1] - m_next)  # state c -> state c + 1, (B, NH, NC)
+    key_weight = torch.exp(log_w - (m_next[..., None] - log_scale))  # token -> chunk-end state
     log_d = _causal_log_decay(cum_log_f, igate)  # (B, NH, NC, L, L)
-    log_state = cum_log_f + m_enter[..., :num_chunks, None]  # (B, NH, NC, L)
+    log_state = cum_log_f + m_enter[..., :-1, None]  # (B, NH, NC, L)
     m_out = torch.maximum(log_state, log_d.amax(-1))
-    intra = (q @ k.transpose(-1, -2)) * torch.exp(log_d - (m_out[..., None] - log_scale))
-    out = intra @ v
-    state_weight = torch.exp(log_state - m_out)[..., None]  # (B, NH, NC, L, 1)
-    if initial is not None:
-        out[:, :, 0] += (q[:, :, 0] * state_weight[:, :, 0]) @ initial.to(q.dtype)
-    if num_chunks > 1:
-        out[:, :, 1:] += (q[:, :, 1:] * state_weight[:, :, 1:]) @ states.to(q.dtype)
-    numerator, denominator = out[..., :value_dim], out[..., value_dim:]
-    h = numerator / (torch.maximum(denominator.abs(), torch.exp(-m_out)[..., None]) + eps)
-    h = h.reshape(batch, heads, num_chunks * chunk, value_dim)[:, :, :seq_len]
+    decay = torch.exp(log_d - (m_out[..., None] - log_scale))  # token j -> output t inside a chunk
+    state_weight = torch.exp(log_state - m_out)  # entering state -> output t
+
+    initial = None if state is None else torch.cat([state.c, state.n[..., None]], dim=-1)
+    h, final = _ChunkwiseCell.apply(
+        q, k, v, decay, key_weight, state_weight, carry, m_out, initial, eps, return_state
+    )
+    h = h.view(batch, heads, num_chunks * chunk, value_dim)[:, :, :seq_len]
     if not return_state:
         return h, None
-    # E_NC from the last chunk's contribution and the state entering it, computed apart so that the scanned
-    # states above are used whole by the output products (a slice of them would be copied)
-    final = contributions(slice(num_chunks - 1, num_chunks))[:, :, 0]
-    entering_last = states[:, :, -1] if num_chunks > 1 else initial
-    if entering_last is not None:
-        final = final + carry[:, :, -1, None, None] * entering_last
     return h, MLSTMState(final[..., :value_dim], final[..., value_dim], m_enter[..., -1])
+
+
+class _ChunkwiseCell(torch.autograd.Function):
+    """The matrix work of the chunkwise form, given the gate algebra's factors, with its own backward.
+
+    Inputs, per batch element and head, over NC chunks of L tokens: ``q``, ``k`` (NC, L, DH), ``v`` with its
+    ones column (NC, L, DHV + 1), ``decay`` (NC, L, L), ``key_weight``, ``state_weight``, ``m_out``
+    (NC, L), ``carry`` (NC), ``initial`` (DH, DHV + 1) or None. With E_0 the initial state (zero if None):
+
+        E_{c+1} = carry_c E_c + (k_c * key_weight_c)^T v_c                 (states, an in-place scan)
+        out_c   = ((q_c k_c^T) * decay_c) v_c + (q_c * state_weight_c) E_c
+        h_c     = out_c[:, :DHV] / (max(|out_c[:, DHV]|, exp(-m_out_c)) + eps)
+
+    Returns h (B, NH, NC, L, DHV) and E_NC (B, NH, DH, DHV + 1) if ``return_final`` (else an empty tensor).
+
+    Everything here runs in the inputs' (compute) dtype, also under autocast: the chunk states accumulate
+    over the whole sequence. The backward is written out: it works in place on buffers it owns (the reverse
+    scan runs on the state gradients it computes, where autograd would copy them first), and it keeps only
+    the chunk states, the intra-chunk scores and the (NC, L) factors from the forward.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, decay, key_weight, state_weight, carry, m_out, initial, eps, return_final):
+        with torch.autocast(q.device.type, enabled=False):
+            return _ChunkwiseCell._forward(
+                ctx, q, k, v, decay, key_weight, state_weight, carry, m_out, initial, eps, return_final
+            )
+
+    @staticmethod
+    def _forward(ctx, q, k, v, decay, key_weight, state_weight, carry, m_out, initial, eps, return_final):
+        batch, heads, num_chunks, _, head_dim = q.shape
+        value_dim = v.shape[-1] - 1
+        num_states = num_chunks if return_final else num_chunks - 1  # E_1 .. E_NC, or without the final
+        scores = q @ k.transpose(-1, -2)  # (B, NH, NC, L, L)
+        out = (scores * decay) @ v
+        states = q.new_empty(batch, heads, num_states, head_dim, value_dim + 1)  # states[c] = E_{c+1}
+        if num_states:
+            keys = k[:, :, :num_states] * key_weight[:, :, :num_states, :, None]
+            _per_sequence_bmm(states, keys.transpose(-1, -2), v[:, :, :num_states])
+            if initial is not None:
+                states[:, :, 0].addcmul_(initial, carry[:, :, 0, None, None])
+            for c in range(1, num_states):
+                states[:, :, c].addcmul_(states[:, :, c - 1], carry[:, :, c, None, None])
+        queries = q * state_weight[..., None]
+        if initial is not None:
+            out[:, :, 0] += queries[:, :, 0] @ initial
+        if num_chunks > 1:
+            _per_sequence_bmm(
+                out[:, :, 1:], queries[:, :, 1:], states[:, :, : num_chunks - 1], accumulate=True
+            )
+        numerator, denominator = out[..., :value_dim], out[..., value_dim].clone()
+        normaliser = torch.maximum(denominator.abs(), torch.exp(-m_out)) + eps
+        h = numerator / normaliser[..., None]
+        ctx.save_for_backward(
+            q, k, v, decay, key_weight, state_weight, carry, m_out, initial, scores, states, h, denominator,
+            normaliser,
+        )  # fmt: skip
+        ctx.return_final = return_final
+        final = states[:, :, -1].clone() if return_final else q.new_empty(0)
+        if not return_final:
+            ctx.mark_non_differentiable(final)
+        return h, final
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_h, grad_final):
+        with torch.autocast(grad_h.device.type, enabled=False):
+            return _ChunkwiseCell._backward(ctx, grad_h, grad_final)
+
+    @staticmethod
+    def _backward(ctx, grad_h, grad_final):
+        (q, k, v, decay, key_weight, state_weight, carry, m_out, initial, scores, states, h, denominator,
+         normaliser) = ctx.saved_tensors  # fmt: skip
+        num_chunks = q.shape[2]
+        num_states = states.shape[2]
+        value_dim = h.shape[-1]
+
+        # the normaliser; torch.maximum's gradient goes to the larger argument, half to each on a tie
+        grad_normaliser = -torch.linalg.vecdot(grad_h, h) / normaliser
+        floor = torch.exp(-m_out)
+        magnitude = denominator.abs()
+        to_denominator = (magnitude > floor).to(q.dtype) + 0.5 * (magnitude == floor).to(q.dtype)
+        grad_out = torch.empty_like(v)
+        torch.div(grad_h, normaliser[..., None], out=grad_out[..., :value_dim])
+        grad_out[..., value_dim] = grad_normaliser * to_denominator * denominator.sign()
+        grad_m_out = grad_normaliser * (to_denominator - 1) * floor
+
+        # inside the chunks
+        grad_scores = grad_out @ v.transpose(-1, -2)
+        grad_v = (scores * decay).transpose(-1, -2) @ grad_out
+        grad_decay = grad_scores * scores
+        grad_scores.mul_(decay)
+        grad_q = grad_scores @ k
+        grad_k = grad_scores.transpose(-1, -2) @ q
+
+        # the states read by the outputs: chunk c >= 1 reads E_c = states[c - 1], chunk 0 the initial state
+        grad_queries = torch.empty_like(q)
+        if initial is not None:
+            grad_queries[:, :, 0] = grad_out[:, :, 0] @ initial.transpose(-1, -2)
+        else:
+            grad_queries[:, :, 0] = 0
+        if num_chunks > 1:
+            _per_sequence_bmm(
+                grad_queries[:, :, 1:], grad_out[:, :, 1:], states[:, :, : num_chunks - 1].transpose(-1, -2)
+            )
+        grad_q.addcmul_(grad_queries, state_weight[..., None])
+        grad_state_weight = torch.linalg.vecdot(grad_queries, q)
+        queries = torch.mul(q, state_weight[..., None], out=grad_queries)  # the buffer is free again
+
+        grad_key_weight = torch.zeros_like(key_weight)
+        grad_carry = torch.zeros_like(carry)
+        grad_states = None
+        if num_states:
+            grad_states = torch.empty_like(states)
+            if num_chunks > 1:
+                _per_sequence_bmm(
+                    grad_states[:, :, : num_chunks - 1],
+                    queries[:, :, 1:].transpose(-1, -2),
+                    grad_out[:, :, 1:],
+                )
+            if ctx.return_final:
+                grad_states[:, :, -1] = grad_final
+            # the scan's reverse, in place: the total gradient of E_{c+1} also flows on through E_{c+2}
+            for c in range(num_states - 2, -1, -1):
+                grad_states[:, :, c].addcmul_(grad_states[:, :, c + 1], carry[:, :, c + 1, None, None])
+            grad_carry[:, :, 1:num_states] = torch.linalg.vecdot(
+                grad_states[:, :, 1:].flatten(-2), states[:, :, :-1].flatten(-2)
+            )
+            if initial is not None:
+                grad_carry[:, :, 0] = torch.linalg.vecdot(grad_states[:, :, 0], initial).sum(-1)
+            # the chunk contributions (k * key_weight)^T v
+            grad_keys = torch.empty_like(k[:, :, :num_states])
+            _per_sequence_bmm(grad_keys, v[:, :, :num_states], grad_states.transpose(-1, -2))
+            grad_k[:, :, :num_states].addcmul_(grad_keys, key_weight[:, :, :num_states, :, None])
+            grad_key_weight[:, :, :num_states] = torch.linalg.vecdot(grad_keys, k[:, :, :num_states])
+            keys = k[:, :, :num_states] * key_weight[:, :, :num_states, :, None]
+            _per_sequence_bmm(grad_v[:, :, :num_states], keys, grad_states, accumulate=True)
+
+        grad_initial = None
+        if initial is not None:
+            grad_initial = queries[:, :, 0].transpose(-1, -2) @ grad_out[:, :, 0]
+            if grad_states is not None:
+                grad_initial.addcmul_(grad_states[:, :, 0], carry[:, :, 0, None, None])
+        return (
+            grad_q, grad_k, grad_v, grad_decay, grad_key_weight, grad_state_weight, grad_carry, grad_m_out,
+            grad_initial, None, None,
+        )  # fmt: skip

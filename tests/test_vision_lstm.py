@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from vil_seg.vision_lstm import HeadwiseLinear, checkpoint_filter_fn
+from vil_seg.vision_lstm import CausalSequenceConv, HeadwiseLinear, _ShiftedMultiplyAdd, checkpoint_filter_fn
 
 from .conftest import rel_err
 
@@ -262,3 +263,22 @@ def test_raw_post_blocks_norm_without_prefix_accepted(fixtures_dir):
     model = timm.create_model("vil_tiny", embed_dim=64, depth=4, num_classes=10, img_size=(64, 96))
     converted = checkpoint_filter_fn({"state_dict": raw}, model)
     torch.testing.assert_close(converted["norm.weight"], raw["post_blocks_norm.weight"] + 1)
+
+
+@pytest.mark.parametrize("seq_len", [1, 2, 9])
+def test_causal_conv_equals_conv1d_in_values_and_gradients(seq_len):
+    """The shifted multiply-add conv (and its written-out backward) is F.conv1d with K - 1 zeros in front,
+    also for sequences shorter than the kernel; its backward passes gradcheck (float64)."""
+    torch.manual_seed(seq_len)
+    conv = CausalSequenceConv(5, kernel_size=4).double()
+    x = torch.randn(2, seq_len, 5, dtype=torch.float64, requires_grad=True)
+    out = conv(x, (1, seq_len))
+    expected = F.conv1d(F.pad(x.transpose(1, 2), (3, 0)), conv.weight, conv.bias, groups=5).transpose(1, 2)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    weights = torch.randn_like(out)
+    grads = torch.autograd.grad((out * weights).sum(), (x, conv.weight, conv.bias))
+    expected_grads = torch.autograd.grad((expected * weights).sum(), (x, conv.weight, conv.bias))
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad, rtol=0, atol=1e-12)
+    taps, bias = conv.weight[:, 0, :].detach().requires_grad_(), conv.bias.detach().requires_grad_()
+    assert torch.autograd.gradcheck(_ShiftedMultiplyAdd.apply, (x, taps, bias))

@@ -36,6 +36,7 @@ from timm.layers import (
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from .mlstm import BACKENDS, MLSTMState, mlstm
 
@@ -163,6 +164,41 @@ class HeadwiseLinear(nn.Module):
         return torch.einsum("gbo,boi->gbi", weight.unflatten(-1, (-1, size)), self.weight).flatten(-2)
 
 
+class _ShiftedMultiplyAdd(torch.autograd.Function):
+    """Depthwise causal conv along dim 1 of (B, S, C) ``x``: ``out[:, t] = bias + sum_j taps[:, j] *
+    x[:, t - (K - 1) + j]`` (zero before the start), taps (C, K), bias (C,). -> contiguous (B, S, C).
+
+    Computed as K shifted multiply-adds in place; the backward is the same shifted form, written out (autograd
+    would copy the gradient of each in-place slice update).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        last = taps.shape[1] - 1
+        out = torch.addcmul(bias, x, taps[:, last])
+        for j in range(last):
+            shift = last - j
+            if shift < x.shape[1]:
+                out[:, shift:].addcmul_(x[:, :-shift], taps[:, j])
+        ctx.save_for_backward(x, taps)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, taps = ctx.saved_tensors
+        last = taps.shape[1] - 1
+        grad_x = grad * taps[:, last]
+        grad_taps = torch.zeros_like(taps)
+        grad_taps[:, last] = torch.linalg.vecdot(grad, x, dim=1).sum(0)
+        for j in range(last):
+            shift = last - j
+            if shift < x.shape[1]:
+                grad_x[:, :-shift].addcmul_(grad[:, shift:], taps[:, j])
+                grad_taps[:, j] = torch.linalg.vecdot(grad[:, shift:], x[:, :-shift], dim=1).sum(0)
+        return grad_x, grad_taps, grad.sum((0, 1))
+
+
 class CausalSequenceConv(nn.Conv1d):
     """Depthwise causal conv along the sequence (ViL v1). (B, S, C) -> contiguous (B, S, C).
 
@@ -178,14 +214,7 @@ class CausalSequenceConv(nn.Conv1d):
         return self.kernel_size[0] - 1, 0
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        taps = self.weight[:, 0, :]  # (C, K): tap j weighs x[t - (K - 1) + j]
-        last = taps.shape[1] - 1
-        out = torch.addcmul(self.bias, x, taps[:, last])
-        for j in range(last):
-            shift = last - j
-            if shift < x.shape[1]:
-                out[:, shift:].addcmul_(x[:, :-shift], taps[:, j])
-        return out
+        return _ShiftedMultiplyAdd.apply(x, self.weight[:, 0, :], self.bias)
 
 
 class GridSequenceConv(nn.Conv2d):

@@ -1,7 +1,7 @@
 """GPU check and timings for a lent accelerator (run through benchmarks/gpu.sh; installs nothing).
 
-1. Correctness on the GPU: the mLSTM backends against a float64 CPU reference, and vil_small's features
-   on the GPU (float32) against the same model on the CPU.
+1. Correctness on the GPU: the mLSTM backends' values and gradients against a float64 CPU reference, and
+   vil_small's features on the GPU (float32) against the same model on the CPU.
 2. Timings (bfloat16 autocast, batch 1): vil_small forward and forward + backward at 512 / 1024 / 2048
    for mlstm_backend chunkwise and parallel, timm's ViT-S/16 (dynamic_img_size), and, if the package
    mlstm_kernels is importable, its Triton chunkwise kernel in place of vil-seg's mLSTM (its licence is
@@ -41,6 +41,16 @@ def check_correctness(device: torch.device) -> list[str]:
             args = [t.to(device, dtype) for t in (q, k, v, i, f)]
             err = _rel(mlstm(*args, backend=backend), ref)
             lines.append(f"mLSTM {backend} {str(dtype)[6:]} on GPU vs float64 CPU: rel err {err:.2e}")
+    # gradients (the chunkwise backward is written out by hand) against autograd through the float64 form
+    inputs = [t.clone().requires_grad_() for t in (q, k, v, i, f)]
+    weights = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+    ref_grads = torch.autograd.grad((mlstm(*inputs, backend="parallel") * weights).sum(), inputs)
+    for backend in ("chunkwise", "parallel"):
+        args = [t.detach().to(device, torch.float32).requires_grad_() for t in inputs]
+        out = mlstm(*args, backend=backend)
+        grads = torch.autograd.grad((out * weights.to(device, torch.float32)).sum(), args)
+        err = max(_rel(grad, ref_grad) for grad, ref_grad in zip(grads, ref_grads, strict=True))
+        lines.append(f"mLSTM {backend} float32 gradients on GPU vs float64 CPU: max rel err {err:.2e}")
     model = timm.create_model("vil_small", features_only=True).eval()
     x = torch.randn(1, 3, 512, 768, generator=gen)
     with torch.no_grad():

@@ -245,13 +245,15 @@ def test_chunkwise_cell_gradcheck(with_initial, return_final, num_chunks):
     decay = torch.rand(batch, heads, num_chunks, chunk, chunk, generator=gen, dtype=torch.float64) + 0.1
     decay = decay.tril().requires_grad_()
     key_weight, state_weight = (rand(batch, heads, num_chunks, chunk, positive=True) for _ in range(2))
-    carry = rand(batch, heads, num_chunks, positive=True)
+    log_carry = rand(batch, heads, num_chunks)
     # exp(-m_out) from about 0.05 to 20: some normalisers take the floor, most the |denominator|
     m_out = (
         torch.randn(batch, heads, num_chunks, chunk, generator=gen, dtype=torch.float64) * 1.5
     ).requires_grad_()
     initial = rand(batch, heads, head_dim, value_dim + 1) if with_initial else None
-    inputs = (q, k, v, decay, key_weight, state_weight, carry, m_out) + ((initial,) if with_initial else ())
+    inputs = (q, k, v, decay, key_weight, state_weight, log_carry, m_out) + (
+        (initial,) if with_initial else ()
+    )
 
     def cell(*args):
         h, final = _ChunkwiseCell.apply(*args[:8], args[8] if with_initial else None, 1e-6, return_final)

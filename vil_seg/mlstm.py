@@ -241,7 +241,7 @@ def _chunkwise(q, k, v, igate, fgate, key_scale, chunk_size, eps, state, return_
     m_enter = torch.stack(m_enter, dim=-1)  # (B, NH, NC + 1)
     m_next = m_enter[..., 1:]
     log_scale = math.log(key_scale)  # the key scale rides on the decay factors: no pass over k
-    carry = torch.exp(chunk_log_f + m_enter[..., :-1] - m_next)  # state c -> state c + 1, (B, NH, NC)
+    log_carry = chunk_log_f + m_enter[..., :-1] - m_next  # state c -> state c + 1, (B, NH, NC)
     key_weight = torch.exp(log_w - (m_next[..., None] - log_scale))  # token -> chunk-end state
     log_d = _causal_log_decay(cum_log_f, igate)  # (B, NH, NC, L, L)
     log_state = cum_log_f + m_enter[..., :-1, None]  # (B, NH, NC, L)
@@ -251,7 +251,7 @@ def _chunkwise(q, k, v, igate, fgate, key_scale, chunk_size, eps, state, return_
 
     initial = None if state is None else torch.cat([state.c, state.n[..., None]], dim=-1)
     h, final = _ChunkwiseCell.apply(
-        q, k, v, decay, key_weight, state_weight, carry, m_out, initial, eps, return_state
+        q, k, v, decay, key_weight, state_weight, log_carry, m_out, initial, eps, return_state
     )
     h = h.view(batch, heads, num_chunks * chunk, value_dim)[:, :, :seq_len]
     if not return_state:
@@ -264,7 +264,8 @@ class _ChunkwiseCell(torch.autograd.Function):
 
     Inputs, per batch element and head, over NC chunks of L tokens: ``q``, ``k`` (NC, L, DH), ``v`` with its
     ones column (NC, L, DHV + 1), ``decay`` (NC, L, L), ``key_weight``, ``state_weight``, ``m_out``
-    (NC, L), ``carry`` (NC), ``initial`` (DH, DHV + 1) or None. With E_0 the initial state (zero if None):
+    (NC, L), ``log_carry`` (NC), ``initial`` (DH, DHV + 1) or None. With E_0 the initial state (zero if
+    None) and ``carry = exp(log_carry)``:
 
         E_{c+1} = carry_c E_c + (k_c * key_weight_c)^T v_c                 (states, an in-place scan)
         out_c   = ((q_c k_c^T) * decay_c) v_c + (q_c * state_weight_c) E_c
@@ -279,15 +280,16 @@ class _ChunkwiseCell(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, decay, key_weight, state_weight, carry, m_out, initial, eps, return_final):
+    def forward(ctx, q, k, v, decay, key_weight, state_weight, log_carry, m_out, initial, eps, return_final):
         with torch.autocast(q.device.type, enabled=False):
             return _ChunkwiseCell._forward(
-                ctx, q, k, v, decay, key_weight, state_weight, carry, m_out, initial, eps, return_final
+                ctx, q, k, v, decay, key_weight, state_weight, log_carry, m_out, initial, eps, return_final
             )
 
     @staticmethod
-    def _forward(ctx, q, k, v, decay, key_weight, state_weight, carry, m_out, initial, eps, return_final):
+    def _forward(ctx, q, k, v, decay, key_weight, state_weight, log_carry, m_out, initial, eps, return_final):
         batch, heads, num_chunks, _, head_dim = q.shape
+        carry = log_carry.exp()
         value_dim = v.shape[-1] - 1
         num_states = num_chunks if return_final else num_chunks - 1  # E_1 .. E_NC, or without the final
         scores = q @ k.transpose(-1, -2)  # (B, NH, NC, L, L)
@@ -367,7 +369,6 @@ class _ChunkwiseCell(torch.autograd.Function):
         queries = torch.mul(q, state_weight[..., None], out=grad_queries)  # the buffer is free again
 
         grad_key_weight = torch.zeros_like(key_weight)
-        grad_carry = torch.zeros_like(carry)
         grad_states = None
         if num_states:
             grad_states = torch.empty_like(states)
@@ -382,11 +383,6 @@ class _ChunkwiseCell(torch.autograd.Function):
             # the scan's reverse, in place: the total gradient of E_{c+1} also flows on through E_{c+2}
             for c in range(num_states - 2, -1, -1):
                 grad_states[:, :, c].addcmul_(grad_states[:, :, c + 1], carry[:, :, c + 1, None, None])
-            grad_carry[:, :, 1:num_states] = torch.linalg.vecdot(
-                grad_states[:, :, 1:].flatten(-2), states[:, :, :-1].flatten(-2)
-            )
-            if initial is not None:
-                grad_carry[:, :, 0] = torch.linalg.vecdot(grad_states[:, :, 0], initial).sum(-1)
             # the chunk contributions (k * key_weight)^T v
             grad_keys = torch.empty_like(k[:, :, :num_states])
             _per_sequence_bmm(grad_keys, v[:, :, :num_states], grad_states.transpose(-1, -2))
@@ -395,12 +391,29 @@ class _ChunkwiseCell(torch.autograd.Function):
             keys = k[:, :, :num_states] * key_weight[:, :, :num_states, :, None]
             _per_sequence_bmm(grad_v[:, :, :num_states], keys, grad_states, accumulate=True)
 
+        # carry's gradient, without a pass over the states. Rescaling E_{c+1} by exp(-d) (carry_c and
+        # key_weight_c by exp(-d), carry_{c+1} and state_weight_{c+1} by exp(d)) changes nothing else, so the
+        # gradients with respect to the logs of these factors cancel: with G_c that of log carry_c,
+        #   G_c = G_{c+1} + sum_t G(state_weight_{c+1, t}) - sum_t G(key_weight_{c, t}),
+        # and the final state E_NC gives G_{NC-1} = <dE_NC, E_NC> - sum_t G(key_weight_{NC-1, t}).
+        log_grad_key_weight = torch.linalg.vecdot(grad_key_weight, key_weight)  # (B, NH, NC)
+        log_grad_state_weight = torch.linalg.vecdot(grad_state_weight, state_weight)
+        steps = torch.zeros_like(carry)
+        steps[..., : num_chunks - 1] = log_grad_state_weight[..., 1:] - log_grad_key_weight[..., :-1]
+        if ctx.return_final:
+            final_term = torch.linalg.vecdot(grad_final.flatten(-2), states[:, :, -1].flatten(-2))
+            steps[..., -1] = final_term - log_grad_key_weight[..., -1]
+        steps[..., num_states:] = 0  # carries that no state uses
+        grad_log_carry = steps.flip(-1).cumsum(-1).flip(-1)
+        if initial is None:
+            grad_log_carry[..., 0] = 0  # it scales a zero state (the sum above is zero up to rounding)
+
         grad_initial = None
         if initial is not None:
             grad_initial = queries[:, :, 0].transpose(-1, -2) @ grad_out[:, :, 0]
             if grad_states is not None:
                 grad_initial.addcmul_(grad_states[:, :, 0], carry[:, :, 0, None, None])
         return (
-            grad_q, grad_k, grad_v, grad_decay, grad_key_weight, grad_state_weight, grad_carry, grad_m_out,
-            grad_initial, None, None,
+            grad_q, grad_k, grad_v, grad_decay, grad_key_weight, grad_state_weight, grad_log_carry,
+            grad_m_out, grad_initial, None, None,
         )  # fmt: skip

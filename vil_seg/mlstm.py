@@ -15,7 +15,8 @@ Backends:
 * ``"chunkwise"`` (default): the same function in O(S) time and memory, forward and backward. Inside a
   chunk of ``chunk_size`` tokens it is the parallel form; between chunks a recurrent state ``(C, n, m)``
   carries the past, stabilised in log space with ``m_0 = -inf`` (exact parity with the parallel form).
-  Everything is batched over chunks; the only Python loop runs over the (DH x DH) chunk states.
+  Work is batched over chunks; Python loops run over the (DH x DH) chunk states (the scan) and, for the
+  products with them, over the (batch, head) sequences. Its backward is written out (``_ChunkwiseCell``).
 * ``"recurrent"``: one token at a time. Slow and obviously correct; a reference for tests.
 
 The chunkwise and recurrent backends also take and return the recurrent state (:class:`MLSTMState`), so a
@@ -302,13 +303,14 @@ class _ChunkwiseCell(torch.autograd.Function):
                 states[:, :, 0].addcmul_(initial, carry[:, :, 0, None, None])
             for c in range(1, num_states):
                 states[:, :, c].addcmul_(states[:, :, c - 1], carry[:, :, c, None, None])
-        queries = q * state_weight[..., None]
-        if initial is not None:
-            out[:, :, 0] += queries[:, :, 0] @ initial
-        if num_chunks > 1:
-            _per_sequence_bmm(
-                out[:, :, 1:], queries[:, :, 1:], states[:, :, : num_chunks - 1], accumulate=True
-            )
+        if initial is not None or num_chunks > 1:  # outputs read an entering state
+            queries = q * state_weight[..., None]
+            if initial is not None:
+                out[:, :, 0] += queries[:, :, 0] @ initial
+            if num_chunks > 1:
+                _per_sequence_bmm(
+                    out[:, :, 1:], queries[:, :, 1:], states[:, :, : num_chunks - 1], accumulate=True
+                )
         numerator, denominator = out[..., :value_dim], out[..., value_dim].clone()
         normaliser = torch.maximum(denominator.abs(), torch.exp(-m_out)) + eps
         h = numerator / normaliser[..., None]

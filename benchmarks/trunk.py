@@ -3,8 +3,8 @@
     python benchmarks/trunk.py            # full run (under 10 minutes on 2 CPU cores)
     python benchmarks/trunk.py --quick    # small sizes only, a smoke run
     python benchmarks/trunk.py --goals    # the performance goals: 512-2048, training step, 2048 SegLSTM tile,
-                                          # and where the time goes at 512x512 (torch.profiler)
-    python benchmarks/trunk.py --breakdown  # only that last part: forward and training step, profiled
+                                          # and where the time goes at 512x512 (matrix products replayed)
+    python benchmarks/trunk.py --breakdown  # only that last part: forward and training step
     python benchmarks/trunk.py --goals --malloc tuned   # the same with glibc's malloc tuned (see below)
 
 Every measurement runs in a fresh subprocess, so that one configuration's allocations cannot flatter or
@@ -136,8 +136,7 @@ def _matrix_products(run) -> dict:
             start = time.perf_counter()
             product(*operands)
             times.append(time.perf_counter() - start)
-        batch = math.prod(a[:-2]) if name in ("bmm", "baddbmm") else 1
-        gflop += event.count * 2 * batch * a[-2] * a[-1] * b[-1] / 1e9
+        gflop += event.count * 2 * math.prod(a) * b[-1] / 1e9  # batch x M x K x N multiply-adds
         replay_s += event.count * min(times)
     return {"gflop": gflop, "replay_s": replay_s}
 
@@ -278,8 +277,10 @@ def bench_goals(common: dict) -> None:
     """The performance issue's remaining measurements: training step, one 2048x2048 SegLSTM tile, and
     where the forward's time goes."""
     print("\n## Training step (forward + backward, batch 2, 512x512, float32)\n")
-    vil = _measure(dict(kind="train", model="vil_small", backend="chunkwise", size=512, batch=2, **common))
-    vit = _measure(dict(kind="train", model="vit_small", size=512, batch=2, **common))
+    vil, vit = (
+        _measure(dict(kind="train", size=512, batch=2, **TRUNK_COLUMNS[name][1], **common))
+        for name in ("vil_small", "vit_small")
+    )
     print("| vil_small | ViT-S/16 | ViL / ViT-S |\n|---|---|---|")
     print(f"| {_cell(vil)} | {_cell(vit)} | {vil['time_s'] / vit['time_s']:.2f}x |")
     print("\n## SegLSTM (UPerNet, vil_small) inference on one 2048x2048 tile\n")

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
-from vil_seg.mlstm import BACKENDS, MLSTMState, mlstm
+from vil_seg.mlstm import BACKENDS, MLSTMState, chunk_size_for, mlstm
 
 from .conftest import rel_err
 
@@ -148,6 +148,13 @@ def test_state_errors():
         mlstm(q, k, v, igate, fgate, initial_state=MLSTMState(state.c[..., :2], state.n, state.m))
     with pytest.raises(TypeError, match="must be an MLSTMState"):
         mlstm(q, k, v, igate, fgate, initial_state=state.c)
+
+
+def test_chunk_size_for_takes_one_chunk_up_to_head_dim_plus_chunk():
+    assert chunk_size_for(196, 192, 64) == 196  # 224x224 ViL-S: one chunk
+    assert chunk_size_for(256, 192, 64) == 256
+    assert chunk_size_for(257, 192, 64) == 64
+    assert chunk_size_for(1024, 32, 8) == 8
 
 
 def test_chunk_padding_matches_unpadded_prefix():

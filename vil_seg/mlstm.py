@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-__all__ = ["BACKENDS", "Backend", "MLSTMState", "mlstm"]
+__all__ = ["BACKENDS", "Backend", "MLSTMState", "chunk_size_for", "mlstm"]
 
 Backend = Literal["chunkwise", "parallel", "recurrent"]
 BACKENDS: tuple[str, ...] = ("chunkwise", "parallel", "recurrent")
@@ -51,6 +51,16 @@ class MLSTMState(NamedTuple):
     c: torch.Tensor
     n: torch.Tensor
     m: torch.Tensor
+
+
+def chunk_size_for(seq_len: int, head_dim: int, chunk_size: int = 64) -> int:
+    """The chunk size at which ``backend="chunkwise"`` does the least work for a sequence of ``seq_len``.
+
+    Per token, chunks of L cost about (DH + L) DH multiply-adds (the chunk states, then the parallel form
+    inside a chunk), one chunk of S about S DH: up to S = DH + L a single chunk (the parallel form) is the
+    cheaper way to compute the same function, beyond it ``chunk_size``.
+    """
+    return seq_len if seq_len <= head_dim + chunk_size else chunk_size
 
 
 def mlstm(
@@ -318,7 +328,6 @@ class _ChunkwiseCell(torch.autograd.Function):
             q, k, v, decay, key_weight, state_weight, carry, m_out, initial, scores, states, h, denominator,
             normaliser,
         )  # fmt: skip
-        ctx.return_final = return_final
         final = states[:, :, -1].clone() if return_final else q.new_empty(0)
         if not return_final:
             ctx.mark_non_differentiable(final)
@@ -336,6 +345,7 @@ class _ChunkwiseCell(torch.autograd.Function):
          normaliser) = ctx.saved_tensors  # fmt: skip
         num_chunks = q.shape[2]
         num_states = states.shape[2]
+        return_final = num_states == num_chunks  # else E_1 .. E_{NC-1}
         value_dim = h.shape[-1]
 
         # the normaliser; torch.maximum's gradient goes to the larger argument, half to each on a tie
@@ -380,7 +390,7 @@ class _ChunkwiseCell(torch.autograd.Function):
                     queries[:, :, 1:].transpose(-1, -2),
                     grad_out[:, :, 1:],
                 )
-            if ctx.return_final:
+            if return_final:
                 grad_states[:, :, -1] = grad_final
             # the scan's reverse, in place: the total gradient of E_{c+1} also flows on through E_{c+2}
             for c in range(num_states - 2, -1, -1):
@@ -402,10 +412,9 @@ class _ChunkwiseCell(torch.autograd.Function):
         log_grad_state_weight = torch.linalg.vecdot(grad_state_weight, state_weight)
         steps = torch.zeros_like(carry)
         steps[..., : num_chunks - 1] = log_grad_state_weight[..., 1:] - log_grad_key_weight[..., :-1]
-        if ctx.return_final:
+        if return_final:  # else log carry_{NC-1} scales no state: its step stays zero
             final_term = torch.linalg.vecdot(grad_final.flatten(-2), states[:, :, -1].flatten(-2))
             steps[..., -1] = final_term - log_grad_key_weight[..., -1]
-        steps[..., num_states:] = 0  # carries that no state uses
         grad_log_carry = steps.flip(-1).cumsum(-1).flip(-1)
         if initial is None:
             grad_log_carry[..., 0] = 0  # it scales a zero state (the sum above is zero up to rounding)

@@ -38,7 +38,7 @@ from timm.models._features import feature_take_indices
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .mlstm import BACKENDS, MLSTMState, mlstm
+from .mlstm import BACKENDS, MLSTMState, chunk_size_for, mlstm
 
 __all__ = [
     "SCANS",
@@ -380,10 +380,7 @@ class ViLLayer(nn.Module):
             x_inner, weights.gates_inner
         )
         igate, fgate = gates.transpose(1, 2).split(self.num_heads, dim=1)  # (B, S, 2NH) -> 2x (B, NH, S)
-        seq_len, head_dim = x_conv.shape[1], x_conv.shape[2] // self.num_heads
-        # Per token, chunks of L cost ~ (DH + L) DH multiply-adds, one chunk of S ~ S DH: up to S = DH + L
-        # one chunk (the parallel form) is the cheaper way to compute the same function.
-        chunk_size = seq_len if seq_len <= head_dim + self.chunk_size else self.chunk_size
+        chunk_size = chunk_size_for(x_conv.shape[1], x_conv.shape[2] // self.num_heads, self.chunk_size)
         h = mlstm(
             self.q_proj.to_heads(x_conv, self.num_heads, weights.q),
             self.k_proj.to_heads(x_conv, self.num_heads, weights.k),
